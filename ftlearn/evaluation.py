@@ -1,0 +1,147 @@
+"""Evaluation: exact match with a documented normalisation, perplexity, generations side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections.abc import Sequence
+
+import torch
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize(text: str) -> str:
+    """The normalisation behind exact match.
+
+    1. If the text parses as a JSON object, re-serialise it with sorted keys (key order and
+       spacing don't matter; values still must match).
+    2. Lowercase, drop punctuation, collapse whitespace, strip.
+    So "Amber." == "amber", "Yes" == "yes!", but "Amber river" != "Amber".
+    """
+    text = text.strip()
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            text = json.dumps(obj, sort_keys=True)
+    except (ValueError, TypeError):
+        pass
+    text = _PUNCT.sub(" ", text.lower())
+    return " ".join(text.split())
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after `normalize` (0.0 to 1.0)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    if not references:
+        return 0.0
+    hits = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True))
+    return hits / len(references)
+
+
+def prompts_and_answers(rows: Sequence[dict]) -> tuple[list[list[dict]], list[str]]:
+    """Split chat rows into the prompt messages (all but the last turn) and the reference answer."""
+    prompts, answers = [], []
+    for row in rows:
+        messages = row["messages"]
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(f"row {row.get('id', '?')}: the last message must be the assistant's answer.")
+        prompts.append(messages[:-1])
+        answers.append(messages[-1]["content"])
+    return prompts, answers
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict] | str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answers to chat prompts (lists of messages) or raw text prompts, batched."""
+    model.eval()
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models generate after the last real token
+    outputs: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            texts = [
+                p if isinstance(p, str)
+                else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                for p in chunk
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=_stop_ids(tokenizer),
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    # Stop at the end of the assistant turn or of a document, whichever the model emits.
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def evaluate_exact_match(model, tokenizer, rows: Sequence[dict], **generate_kwargs) -> dict:
+    """Exact match of the model's greedy answers on chat rows, overall and per task type."""
+    prompts, answers = prompts_and_answers(rows)
+    preds = generate(model, tokenizer, prompts, **generate_kwargs)
+    by_task: dict[str, list[int]] = {}
+    for row, p, a in zip(rows, preds, answers, strict=True):
+        by_task.setdefault(row.get("task", "all"), []).append(int(normalize(p) == normalize(a)))
+    return {
+        "exact_match": exact_match(preds, answers),
+        "per_task": {t: sum(v) / len(v) for t, v in sorted(by_task.items())},
+        "predictions": preds,
+        "references": answers,
+    }
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256) -> float:
+    """Perplexity of plain texts: exp of the mean next-token loss over all predicted tokens."""
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i : i + batch_size]), return_tensors="pt", padding=True,
+                        truncation=True, max_length=max_length).to(device)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        logits = model(**enc).logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum")
+        total_loss += loss.item()
+        total_tokens += int((target != -100).sum())
+    return math.exp(total_loss / max(total_tokens, 1))
+
+
+def side_by_side(prompts: Sequence[str], columns: dict[str, Sequence[str]], width: int = 40) -> str:
+    """A plain-text table: one row per prompt, one column per model's answer."""
+    headers = ["prompt", *columns]
+    rows = [[p, *(c[i] for c in columns.values())] for i, p in enumerate(prompts)]
+
+    def cut(s: str) -> str:
+        s = " ".join(str(s).split())
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    lines = [" | ".join(cut(h).ljust(width) for h in headers)]
+    lines.append("-+-".join("-" * width for _ in headers))
+    lines += [" | ".join(cut(c).ljust(width) for c in r) for r in rows]
+    return "\n".join(lines)

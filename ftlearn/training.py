@@ -1,0 +1,108 @@
+"""Supervised fine-tuning: a thin layer over TRL's SFTTrainer with the course's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from ftlearn.compat import make_config
+
+
+@dataclass
+class SFTSettings:
+    """The knobs a learner turns. Everything else is SFTConfig's default."""
+
+    output_dir: str = "runs/sft"
+    learning_rate: float = 1e-3
+    epochs: float = 2.0
+    max_steps: int = -1  # -1: run `epochs`; otherwise stop after this many optimizer steps
+    batch_size: int = 32
+    grad_accum: int = 1  # effective batch = batch_size * grad_accum
+    max_length: int = 160
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    eval_steps: int | None = None  # evaluate on the validation split every N steps
+    logging_steps: int = 10
+    save_steps: int | None = None  # keep checkpoints (for resuming) every N steps
+    seed: int = 0
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    assistant_only_loss: bool = True  # loss on the answer tokens only (02_datasets shows why)
+    extra: dict = field(default_factory=dict)  # any other SFTConfig argument, passed through
+
+
+def sft_config(settings: SFTSettings):
+    """The TRL `SFTConfig` for these settings (renamed arguments absorbed by ftlearn.compat)."""
+    from trl import SFTConfig
+
+    s = settings
+    return make_config(
+        SFTConfig,
+        output_dir=s.output_dir,
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        max_length=s.max_length,
+        warmup_steps=s.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=s.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=s.logging_steps,
+        eval_strategy="steps" if s.eval_steps else "no",
+        eval_steps=s.eval_steps,
+        save_strategy="steps" if s.save_steps else "no",
+        save_steps=s.save_steps or 500,
+        seed=s.seed,
+        data_seed=s.seed,
+        bf16=s.bf16,
+        fp16=s.fp16,
+        gradient_checkpointing=s.gradient_checkpointing,
+        assistant_only_loss=s.assistant_only_loss,
+        packing=False,
+        report_to="none",  # no tracker accounts needed
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        **s.extra,
+    )
+
+
+def to_dataset(rows: list[dict] | Dataset) -> Dataset:
+    """Chat rows as a `datasets.Dataset` with only the `messages` column (what SFTTrainer reads)."""
+    if isinstance(rows, Dataset):
+        return rows.select_columns(["messages"])
+    return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+
+
+def make_trainer(model, tokenizer, train, settings: SFTSettings, validation=None, callbacks=None, peft_config=None):
+    """An SFTTrainer for `model` on chat rows `train` (and `validation`), ready to `.train()`."""
+    from trl import SFTTrainer
+
+    Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
+    return SFTTrainer(
+        model=model,
+        args=sft_config(settings),
+        train_dataset=to_dataset(train),
+        eval_dataset=to_dataset(validation) if validation is not None else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft_config,
+    )
+
+
+def train_sft(model, tokenizer, train, settings: SFTSettings, validation=None, callbacks=None) -> dict:
+    """Fine-tune `model` on `train` in place; returns the run's numbers and its loss history."""
+    trainer = make_trainer(model, tokenizer, train, settings, validation, callbacks)
+    result = trainer.train()
+    return {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "seconds": result.metrics.get("train_runtime"),
+        "history": trainer.state.log_history,
+        "settings": asdict(settings),
+    }
