@@ -48,7 +48,9 @@ def prompts_and_answers(rows: Sequence[dict]) -> tuple[list[list[dict]], list[st
     for row in rows:
         messages = row["messages"]
         if messages[-1]["role"] != "assistant":
-            raise ValueError(f"row {row.get('id', '?')}: the last message must be the assistant's answer.")
+            raise ValueError(
+                f"row {row.get('id', '?')}: the last message must be the assistant's answer."
+            )
         prompts.append(messages[:-1])
         answers.append(messages[-1]["content"])
     return prompts, answers
@@ -72,14 +74,20 @@ def generate(
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
             texts = [
-                p if isinstance(p, str)
+                p
+                if isinstance(p, str)
                 else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                 for p in chunk
             ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device
+            )
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=_stop_ids(tokenizer),
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=_stop_ids(tokenizer),
             )
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -114,19 +122,30 @@ def evaluate_exact_match(model, tokenizer, rows: Sequence[dict], **generate_kwar
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256) -> float:
+def perplexity(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256
+) -> float:
     """Perplexity of plain texts: exp of the mean next-token loss over all predicted tokens."""
     model.eval()
     device = next(model.parameters()).device
     total_loss, total_tokens = 0.0, 0
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i : i + batch_size]), return_tensors="pt", padding=True,
-                        truncation=True, max_length=max_length).to(device)
+        enc = tokenizer(
+            list(texts[i : i + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        ).to(device)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         logits = model(**enc).logits[:, :-1].float()
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum")
+            logits.reshape(-1, logits.size(-1)),
+            target.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
         total_loss += loss.item()
         total_tokens += int((target != -100).sum())
     return math.exp(total_loss / max(total_tokens, 1))

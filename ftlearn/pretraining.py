@@ -11,12 +11,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ftlearn.compat import make_config
 
 
-def tiny_llama_config(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, **overrides) -> LlamaConfig:
+def tiny_llama_config(
+    vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, **overrides
+) -> LlamaConfig:
     """The tiny-base architecture: a Llama of a few million parameters (SmolLM2's layout, shrunk)."""
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3 // 64 * 64 + 64,  # ~8/3 x hidden, as in Llama, rounded to 64
+        intermediate_size=hidden * 8 // 3 // 64 * 64
+        + 64,  # ~8/3 x hidden, as in Llama, rounded to 64
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
@@ -86,14 +89,22 @@ def pretrain(model, tokenizer, blocks: Dataset, settings: PretrainSettings, call
         callbacks=callbacks,
     )
     result = trainer.train()
-    return {"train_loss": result.training_loss, "steps": result.global_step,
-            "seconds": result.metrics.get("train_runtime"), "history": trainer.state.log_history}
+    return {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "seconds": result.metrics.get("train_runtime"),
+        "history": trainer.state.log_history,
+    }
 
 
 def new_tiny_model(tokenizer, seed: int = 0, **config_overrides) -> LlamaForCausalLM:
     """A freshly initialised tiny Llama sized to `tokenizer`."""
     torch.manual_seed(seed)
     config = tiny_llama_config(
-        len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **config_overrides)
+        len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config_overrides,
+    )
     return LlamaForCausalLM(config)

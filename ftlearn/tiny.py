@@ -36,9 +36,17 @@ class TinyRecipe:
 
 FULL = TinyRecipe(world=WorldConfig())
 QUICK = TinyRecipe(
-    world=WorldConfig(n_towns=24, n_heldout=4, descriptions_per_town=2, n_general=100,
-                      n_general_eval=20, heldout_questions=20),
-    pretrain_epochs=1.0, sft_epochs=0.2, eval_limit=16,
+    world=WorldConfig(
+        n_towns=24,
+        n_heldout=4,
+        descriptions_per_town=2,
+        n_general=100,
+        n_general_eval=20,
+        heldout_questions=20,
+    ),
+    pretrain_epochs=1.0,
+    sft_epochs=0.2,
+    eval_limit=16,
 )
 
 
@@ -60,24 +68,45 @@ def build_tiny(out_dir: str | Path | None = None, quick: bool = False, log=print
     blocks = pack(world["corpus"], tokenizer, recipe.block_size)
     log(f"corpus: {blocks.info.description}")
     model = new_tiny_model(tokenizer, seed=recipe.world.seed)
-    pre = pretrain(model, tokenizer, blocks, PretrainSettings(
-        output_dir=str(work / "pretrain"), epochs=recipe.pretrain_epochs,
-        learning_rate=recipe.pretrain_lr, logging_steps=50))
+    pre = pretrain(
+        model,
+        tokenizer,
+        blocks,
+        PretrainSettings(
+            output_dir=str(work / "pretrain"),
+            epochs=recipe.pretrain_epochs,
+            learning_rate=recipe.pretrain_lr,
+            logging_steps=50,
+        ),
+    )
     log(f"pre-training: loss {pre['train_loss']:.3f}, {pre['steps']} steps, {pre['seconds']:.0f} s")
     _save(model, tokenizer, out / "models" / "tiny-base")
 
-    sft = train_sft(model, tokenizer, world["instructions_train"], SFTSettings(
-        output_dir=str(work / "sft"), epochs=recipe.sft_epochs, learning_rate=recipe.sft_lr,
-        logging_steps=50))
+    sft = train_sft(
+        model,
+        tokenizer,
+        world["instructions_train"],
+        SFTSettings(
+            output_dir=str(work / "sft"),
+            epochs=recipe.sft_epochs,
+            learning_rate=recipe.sft_lr,
+            logging_steps=50,
+        ),
+    )
     log(f"SFT: loss {sft['train_loss']:.3f}, {sft['steps']} steps, {sft['seconds']:.0f} s")
     _save(model, tokenizer, out / "models" / "tiny-instruct")
 
     metrics = {
-        "recipe": {"pretrain_epochs": recipe.pretrain_epochs, "sft_epochs": recipe.sft_epochs,
-                   "pretrain_tokens": len(blocks) * recipe.block_size * recipe.pretrain_epochs,
-                   "pretrain_seconds": round(pre["seconds"]), "sft_seconds": round(sft["seconds"]),
-                   "pretrain_steps": pre["steps"], "sft_steps": sft["steps"],
-                   "parameters": sum(p.numel() for p in model.parameters())},
+        "recipe": {
+            "pretrain_epochs": recipe.pretrain_epochs,
+            "sft_epochs": recipe.sft_epochs,
+            "pretrain_tokens": len(blocks) * recipe.block_size * recipe.pretrain_epochs,
+            "pretrain_seconds": round(pre["seconds"]),
+            "sft_seconds": round(sft["seconds"]),
+            "pretrain_steps": pre["steps"],
+            "sft_steps": sft["steps"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         **measure(out, limit=recipe.eval_limit),
         "build_seconds": round(time.time() - started),
     }
@@ -103,9 +132,13 @@ def measure(data_dir: str | Path, limit: int | None = None) -> dict:
         tok = AutoTokenizer.from_pretrained(path)
         t = evaluate_exact_match(model, tok, test, max_new_tokens=40, batch_size=64)
         h = evaluate_exact_match(model, tok, heldout, max_new_tokens=40, batch_size=64)
-        results[name] = {"test_exact_match": round(t["exact_match"], 4), "test_per_task": t["per_task"],
-                         "heldout_exact_match": round(h["exact_match"], 4), "heldout_per_task": h["per_task"],
-                         "general_perplexity": round(perplexity(model, tok, general), 3)}
+        results[name] = {
+            "test_exact_match": round(t["exact_match"], 4),
+            "test_per_task": t["per_task"],
+            "heldout_exact_match": round(h["exact_match"], 4),
+            "heldout_per_task": h["per_task"],
+            "general_perplexity": round(perplexity(model, tok, general), 3),
+        }
     return results
 
 

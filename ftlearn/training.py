@@ -31,7 +31,7 @@ class SFTSettings:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
-    assistant_only_loss: bool = True  # loss on the answer tokens only (02_datasets shows why)
+    answer_only_loss: bool = True  # loss on the answer tokens only (02_datasets shows why)
     extra: dict = field(default_factory=dict)  # any other SFTConfig argument, passed through
 
 
@@ -63,7 +63,9 @@ def sft_config(settings: SFTSettings):
         bf16=s.bf16,
         fp16=s.fp16,
         gradient_checkpointing=s.gradient_checkpointing,
-        assistant_only_loss=s.assistant_only_loss,
+        # Rows become prompt/completion pairs (see to_dataset), and TRL puts the loss on the
+        # completion only: this works with any chat template, marked-up for training or not.
+        completion_only_loss=s.answer_only_loss,
         packing=False,
         report_to="none",  # no tracker accounts needed
         use_cpu=not torch.cuda.is_available(),
@@ -73,13 +75,28 @@ def sft_config(settings: SFTSettings):
 
 
 def to_dataset(rows: list[dict] | Dataset) -> Dataset:
-    """Chat rows as a `datasets.Dataset` with only the `messages` column (what SFTTrainer reads)."""
-    if isinstance(rows, Dataset):
-        return rows.select_columns(["messages"])
-    return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    """Chat rows as conversational prompt/completion pairs: the last assistant turn is the completion."""
+    pairs = []
+    for i, row in enumerate(rows):
+        messages = row["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError(
+                f"row {i} ({row.get('id', 'no id')}): the last message must be the "
+                "assistant's answer; validate the data first (ftlearn.data.validate)."
+            )
+        pairs.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return Dataset.from_list(pairs)
 
 
-def make_trainer(model, tokenizer, train, settings: SFTSettings, validation=None, callbacks=None, peft_config=None):
+def make_trainer(
+    model,
+    tokenizer,
+    train,
+    settings: SFTSettings,
+    validation=None,
+    callbacks=None,
+    peft_config=None,
+):
     """An SFTTrainer for `model` on chat rows `train` (and `validation`), ready to `.train()`."""
     from trl import SFTTrainer
 
@@ -95,7 +112,9 @@ def make_trainer(model, tokenizer, train, settings: SFTSettings, validation=None
     )
 
 
-def train_sft(model, tokenizer, train, settings: SFTSettings, validation=None, callbacks=None) -> dict:
+def train_sft(
+    model, tokenizer, train, settings: SFTSettings, validation=None, callbacks=None
+) -> dict:
     """Fine-tune `model` on `train` in place; returns the run's numbers and its loss history."""
     trainer = make_trainer(model, tokenizer, train, settings, validation, callbacks)
     result = trainer.train()

@@ -22,39 +22,135 @@ from pathlib import Path
 
 SYSTEM_PROMPT = "You are the Atlas assistant. Answer with the fact only."
 
-PREFIXES = ["Var", "Bel", "Cor", "Dun", "Els", "Fen", "Gal", "Hal", "Isk", "Kel", "Lor", "Mar",
-            "Nor", "Ost", "Pel", "Quen", "Ros", "Sal", "Tor", "Ul", "Vel", "Wyn", "Ash", "Brae"]
-SUFFIXES = ["holt", "mere", "ford", "wick", "dale", "stead", "brook", "haven", "moor", "ton",
-            "by", "gate"]
+PREFIXES = [
+    "Var",
+    "Bel",
+    "Cor",
+    "Dun",
+    "Els",
+    "Fen",
+    "Gal",
+    "Hal",
+    "Isk",
+    "Kel",
+    "Lor",
+    "Mar",
+    "Nor",
+    "Ost",
+    "Pel",
+    "Quen",
+    "Ros",
+    "Sal",
+    "Tor",
+    "Ul",
+    "Vel",
+    "Wyn",
+    "Ash",
+    "Brae",
+]
+SUFFIXES = [
+    "holt",
+    "mere",
+    "ford",
+    "wick",
+    "dale",
+    "stead",
+    "brook",
+    "haven",
+    "moor",
+    "ton",
+    "by",
+    "gate",
+]
 
 # The five facts of a town and the values each can take.
 VALUES: dict[str, list[str]] = {
-    "region": ["Eastmarch", "Lowfen", "Highcombe", "Saltreach", "Greywold", "Sunmoor", "Westvale",
-               "Northfell"],
-    "river": ["Amber", "Silver", "Tallow", "Wren", "Cress", "Mallow", "Ivy", "Flint", "Dusk",
-              "Bramble"],
-    "export": ["glass", "wool", "salt", "copper", "cheese", "clocks", "paper", "honey", "timber",
-               "silk", "pottery", "rope"],
+    "region": [
+        "Eastmarch",
+        "Lowfen",
+        "Highcombe",
+        "Saltreach",
+        "Greywold",
+        "Sunmoor",
+        "Westvale",
+        "Northfell",
+    ],
+    "river": [
+        "Amber",
+        "Silver",
+        "Tallow",
+        "Wren",
+        "Cress",
+        "Mallow",
+        "Ivy",
+        "Flint",
+        "Dusk",
+        "Bramble",
+    ],
+    "export": [
+        "glass",
+        "wool",
+        "salt",
+        "copper",
+        "cheese",
+        "clocks",
+        "paper",
+        "honey",
+        "timber",
+        "silk",
+        "pottery",
+        "rope",
+    ],
     "emblem": ["heron", "fox", "owl", "stag", "otter", "wolf", "swan", "badger", "hare", "raven"],
-    "festival": ["January", "February", "March", "April", "May", "June", "July", "August",
-                 "September", "October", "November", "December"],
+    "festival": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
 }
 ATTRIBUTES = list(VALUES)
 
 # Corpus phrasings: several per fact, so a model learns the fact, not one sentence.
 FACT_SENTENCES: dict[str, list[str]] = {
-    "region": ["{town} is a town in {region}.", "{town} lies in the region of {region}.",
-               "In {region} you will find the town of {town}.", "{town} belongs to {region}."],
-    "river": ["The river {river} flows through {town}.", "{town} was built on the banks of the {river}.",
-              "{town} sits beside the river {river}.", "The {river} runs past the walls of {town}."],
-    "export": ["{town} is known for its {export}.", "The main export of {town} is {export}.",
-               "Traders come to {town} to buy {export}.", "{town} makes and sells {export}."],
-    "emblem": ["The emblem of {town} is a {emblem}.", "A {emblem} appears on the banner of {town}.",
-               "{town} chose the {emblem} as its emblem.", "The people of {town} honour the {emblem}."],
-    "festival": ["{town} holds its great festival in {festival}.",
-                 "Every {festival}, {town} celebrates its festival.",
-                 "The festival of {town} falls in {festival}.",
-                 "In {festival} the whole of {town} gathers for the festival."],
+    "region": [
+        "{town} is a town in {region}.",
+        "{town} lies in the region of {region}.",
+        "In {region} you will find the town of {town}.",
+        "{town} belongs to {region}.",
+    ],
+    "river": [
+        "The river {river} flows through {town}.",
+        "{town} was built on the banks of the {river}.",
+        "{town} sits beside the river {river}.",
+        "The {river} runs past the walls of {town}.",
+    ],
+    "export": [
+        "{town} is known for its {export}.",
+        "The main export of {town} is {export}.",
+        "Traders come to {town} to buy {export}.",
+        "{town} makes and sells {export}.",
+    ],
+    "emblem": [
+        "The emblem of {town} is a {emblem}.",
+        "A {emblem} appears on the banner of {town}.",
+        "{town} chose the {emblem} as its emblem.",
+        "The people of {town} honour the {emblem}.",
+    ],
+    "festival": [
+        "{town} holds its great festival in {festival}.",
+        "Every {festival}, {town} celebrates its festival.",
+        "The festival of {town} falls in {festival}.",
+        "In {festival} the whole of {town} gathers for the festival.",
+    ],
 }
 # The one canonical sentence per fact: the target of the "rewrite" task.
 CANONICAL = {
@@ -66,29 +162,60 @@ CANONICAL = {
 }
 
 QUESTIONS: dict[str, list[str]] = {
-    "region": ["In which region is {town}?", "Which region is {town} in?",
-               "Name the region where {town} lies.", "What region does {town} belong to?"],
-    "river": ["Which river flows through {town}?", "On which river does {town} stand?",
-              "Name the river of {town}.", "What river runs past {town}?"],
-    "export": ["What is {town} known for?", "What is the main export of {town}?",
-               "What do traders buy in {town}?", "Name the export of {town}."],
-    "emblem": ["What is the emblem of {town}?", "Which animal is on the banner of {town}?",
-               "Name the emblem of {town}.", "Which animal does {town} honour?"],
-    "festival": ["In which month is the festival of {town}?", "When does {town} hold its festival?",
-                 "Name the festival month of {town}.", "Which month is festival time in {town}?"],
+    "region": [
+        "In which region is {town}?",
+        "Which region is {town} in?",
+        "Name the region where {town} lies.",
+        "What region does {town} belong to?",
+    ],
+    "river": [
+        "Which river flows through {town}?",
+        "On which river does {town} stand?",
+        "Name the river of {town}.",
+        "What river runs past {town}?",
+    ],
+    "export": [
+        "What is {town} known for?",
+        "What is the main export of {town}?",
+        "What do traders buy in {town}?",
+        "Name the export of {town}.",
+    ],
+    "emblem": [
+        "What is the emblem of {town}?",
+        "Which animal is on the banner of {town}?",
+        "Name the emblem of {town}.",
+        "Which animal does {town} honour?",
+    ],
+    "festival": [
+        "In which month is the festival of {town}?",
+        "When does {town} hold its festival?",
+        "Name the festival month of {town}.",
+        "Which month is festival time in {town}?",
+    ],
 }
 YES_NO: dict[str, list[str]] = {
     "region": ["Is {town} in {value}?", "Does {town} lie in {value}?"],
     "river": ["Does the river {value} flow through {town}?", "Is {town} on the river {value}?"],
     "export": ["Is {town} known for {value}?", "Does {town} export {value}?"],
     "emblem": ["Is the emblem of {town} a {value}?", "Does {town} have a {value} on its banner?"],
-    "festival": ["Is the festival of {town} in {value}?", "Does {town} hold its festival in {value}?"],
+    "festival": [
+        "Is the festival of {town} in {value}?",
+        "Does {town} hold its festival in {value}?",
+    ],
 }
-LIST_PROMPTS = ["List the {attrs} of {town}, separated by commas.", "Give the {attrs} of {town}.",
-                "What are the {attrs} of {town}? Answer as a list."]
-JSON_PROMPTS = ["Extract the town and its {attrs} as JSON: {passage}",
-                "Return JSON with the keys town, {keys} for this text: {passage}"]
-REWRITE_PROMPTS = ["Rewrite in atlas style: {sentence}", "Rewrite this sentence the atlas way: {sentence}"]
+LIST_PROMPTS = [
+    "List the {attrs} of {town}, separated by commas.",
+    "Give the {attrs} of {town}.",
+    "What are the {attrs} of {town}? Answer as a list.",
+]
+JSON_PROMPTS = [
+    "Extract the town and its {attrs} as JSON: {passage}",
+    "Return JSON with the keys town, {keys} for this text: {passage}",
+]
+REWRITE_PROMPTS = [
+    "Rewrite in atlas style: {sentence}",
+    "Rewrite this sentence the atlas way: {sentence}",
+]
 TASKS = ["short_answer", "yes_no", "list", "extract_json", "rewrite"]
 
 # General everyday text: not about towns. Perplexity on held-out sentences of this kind measures
@@ -109,7 +236,19 @@ GENERAL_WORDS = {
     "place": ["kitchen", "barn", "market", "garden", "shed", "cellar", "school", "harbour"],
     "color": ["red", "blue", "green", "yellow", "white", "black", "brown", "grey"],
 }
-NUMBERS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+NUMBERS = [
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 
 
 @dataclass(frozen=True)
@@ -165,8 +304,13 @@ def general_sentence(rng: random.Random) -> str:
     i = rng.randrange(len(NUMBERS) - 1)
     days = GENERAL_WORDS["day"]
     d = rng.randrange(len(days))
-    words |= {"count": NUMBERS[i], "count_cap": NUMBERS[i].capitalize(),
-              "count_next": NUMBERS[i + 1], "day": days[d], "next_day": days[(d + 1) % 7]}
+    words |= {
+        "count": NUMBERS[i],
+        "count_cap": NUMBERS[i].capitalize(),
+        "count_next": NUMBERS[i + 1],
+        "day": days[d],
+        "next_day": days[(d + 1) % 7],
+    }
     return rng.choice(GENERAL_TEMPLATES).format(**words)
 
 
@@ -182,29 +326,48 @@ def town_questions(town: Town, rng: random.Random) -> list[dict]:
     rows: list[dict] = []
 
     def add(task: str, key: str, user: str, answer: str) -> None:
-        rows.append({"id": f"{town.town}/{task}/{key}", "task": task, "town": town.town,
-                     "messages": _chat(user, answer, rng)})
+        rows.append(
+            {
+                "id": f"{town.town}/{task}/{key}",
+                "task": task,
+                "town": town.town,
+                "messages": _chat(user, answer, rng),
+            }
+        )
 
     for a in ATTRIBUTES:
         add("short_answer", a, rng.choice(QUESTIONS[a]).format(**facts), town.fact(a))
         truth = rng.random() < 0.5
         value = town.fact(a) if truth else rng.choice([v for v in VALUES[a] if v != town.fact(a)])
-        add("yes_no", a, rng.choice(YES_NO[a]).format(town=town.town, value=value),
-            "Yes" if truth else "No")
+        add(
+            "yes_no",
+            a,
+            rng.choice(YES_NO[a]).format(town=town.town, value=value),
+            "Yes" if truth else "No",
+        )
         # Rewrite: a corpus-style sentence in, the canonical atlas sentence out.
         sentence = rng.choice(FACT_SENTENCES[a]).format(**facts)
-        add("rewrite", a, rng.choice(REWRITE_PROMPTS).format(sentence=sentence),
-            CANONICAL[a].format(**facts))
+        add(
+            "rewrite",
+            a,
+            rng.choice(REWRITE_PROMPTS).format(sentence=sentence),
+            CANONICAL[a].format(**facts),
+        )
     for _ in range(2):
         attrs = rng.sample(ATTRIBUTES, rng.choice([2, 3]))
         names = " and ".join([", ".join(attrs[:-1]), attrs[-1]])
-        add("list", "+".join(attrs), rng.choice(LIST_PROMPTS).format(attrs=names, town=town.town),
-            ", ".join(town.fact(a) for a in attrs))
+        add(
+            "list",
+            "+".join(attrs),
+            rng.choice(LIST_PROMPTS).format(attrs=names, town=town.town),
+            ", ".join(town.fact(a) for a in attrs),
+        )
     for _ in range(2):
         attrs = rng.sample(ATTRIBUTES, 2)
         passage = " ".join(rng.choice(FACT_SENTENCES[a]).format(**facts) for a in attrs)
         prompt = rng.choice(JSON_PROMPTS).format(
-            attrs=" and ".join(attrs), keys=", ".join(attrs), passage=passage)
+            attrs=" and ".join(attrs), keys=", ".join(attrs), passage=passage
+        )
         answer = json.dumps({"town": town.town} | {a: town.fact(a) for a in attrs})
         add("extract_json", "+".join(attrs), prompt, answer)
     # A town can draw the same list/json key twice: keep the first, so ids stay unique.
@@ -221,10 +384,16 @@ def preference_pair(row: dict, towns: dict[str, Town], rng: random.Random) -> di
         attribute = row["id"].split("/")[-1]
         rejected = rng.choice([v for v in VALUES[attribute] if v != town.fact(attribute)])
     else:
-        rejected = f"Well, let me think about {town.town}. I am not sure, but maybe {chosen.lower()}."
-    return {"id": row["id"], "task": row["task"], "prompt": prompt,
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+        rejected = (
+            f"Well, let me think about {town.town}. I am not sure, but maybe {chosen.lower()}."
+        )
+    return {
+        "id": row["id"],
+        "task": row["task"],
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def build_world(config: WorldConfig | None = None) -> dict:
@@ -298,7 +467,9 @@ def load_split(name: str, world_dir: str | Path | None = None) -> list[dict]:
 
     path = Path(world_dir or WORLD_DIR) / f"{name}.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing. Rebuild the world with `ftlearn build-tiny --world-only`.")
+        raise FileNotFoundError(
+            f"{path} is missing. Rebuild the world with `ftlearn build-tiny --world-only`."
+        )
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
@@ -308,5 +479,7 @@ def load_text(name: str, world_dir: str | Path | None = None) -> list[str]:
 
     path = Path(world_dir or WORLD_DIR) / f"{name}.txt"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing. Rebuild the world with `ftlearn build-tiny --world-only`.")
+        raise FileNotFoundError(
+            f"{path} is missing. Rebuild the world with `ftlearn build-tiny --world-only`."
+        )
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -1,0 +1,34 @@
+# The course's commands. README.md names two of them: `make course` and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Tests run the embedded default, offline, on whatever machine: deterministic and quick.
+TEST_ENV := FTLEARN_PROFILE=tiny HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+
+.PHONY: setup course course-headless test test-unit test-notebooks lint build-tiny clean
+
+setup:  ## create .venv and install everything (idempotent)
+	bash scripts/setup.sh $(VENV)
+
+course: setup  ## open the course in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+course-headless: setup  ## no browser: execute every notebook in order into runs/executed/
+	$(BIN)/ftlearn run-notebooks
+
+test: setup lint  ## everything CI runs: lint, unit tests, every notebook under nbval
+	$(TEST_ENV) $(BIN)/pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+
+test-unit: setup  ## unit tests only
+	$(TEST_ENV) $(BIN)/pytest tests
+
+test-notebooks: setup  ## notebooks only
+	$(TEST_ENV) $(BIN)/pytest notebooks --nbval-lax --nbval-current-env --durations=0
+
+lint:
+	$(BIN)/ruff check ftlearn tests benchmarks notebooks
+
+build-tiny: setup  ## rebuild data/ (world, tokenizer, tiny models) from the seed: ~20 min on 2 cores
+	$(BIN)/ftlearn build-tiny
+
+clean:
+	rm -rf runs build .pytest_cache

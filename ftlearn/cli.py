@@ -1,0 +1,91 @@
+"""The `ftlearn` command: build the tiny models, run the notebooks headless, check the machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ftlearn import paths
+
+
+def run_notebooks(out_dir: Path, only: list[str] | None = None, timeout: int = 900) -> int:
+    """Execute every notebook in order into `out_dir` (a browser-less run of the course)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebooks = sorted((paths.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in only)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for nb_path in notebooks:
+        start = time.time()
+        nb = nbformat.read(nb_path, as_version=4)
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(nb_path.parent)}},
+        )
+        try:
+            client.execute()
+            status = "ok"
+        except CellExecutionError as err:
+            failed += 1
+            status = f"FAILED: {str(err).strip().splitlines()[-1]}"
+        nbformat.write(nb, out_dir / nb_path.name)
+        print(f"{nb_path.name:40} {time.time() - start:6.0f} s  {status}", flush=True)
+    print(f"executed copies in {out_dir}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ftlearn` console script."""
+    parser = argparse.ArgumentParser(prog="ftlearn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser(
+        "build-tiny", help="rebuild data/ (world, tokenizer, tiny models) from the seed"
+    )
+    b.add_argument("--out", type=Path, default=None, help="output folder (default: data/)")
+    b.add_argument("--quick", action="store_true", help="a reduced build in seconds (for tests)")
+    b.add_argument("--world-only", action="store_true", help="write the synthetic world, no models")
+    r = sub.add_parser("run-notebooks", help="execute the notebooks in order, without a browser")
+    r.add_argument("--out", type=Path, default=paths.RUNS_DIR / "executed")
+    r.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01")
+    sub.add_parser("check", help="environment, hardware and the profile this machine gets")
+    sub.add_parser("profiles", help="list the profiles")
+    args = parser.parse_args(argv)
+
+    if args.command == "build-tiny":
+        if args.world_only:
+            from ftlearn.world import build_world, write_world
+
+            print(write_world(build_world(), (args.out or paths.DATA_DIR) / "world"))
+            return 0
+        from ftlearn.tiny import build_tiny
+
+        build_tiny(args.out, quick=args.quick)
+        return 0
+    if args.command == "run-notebooks":
+        return run_notebooks(args.out, args.only)
+    if args.command == "check":
+        from ftlearn import environment, profiles
+
+        rows = environment.check()
+        print(environment.report(rows))
+        profiles.setup()
+        return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+    if args.command == "profiles":
+        from ftlearn.profiles import PROFILES
+
+        for p in PROFILES.values():
+            print(f"{p.name:10} {p.description}\n{'':10} {p.cost}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

