@@ -1,0 +1,181 @@
+"""The memory estimator against measured peaks, and the arithmetic behind it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ftlearn import memory as mem
+
+SMALL = LlamaConfig(
+    vocab_size=2048,
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    tie_word_embeddings=False,
+)
+# Fewer, wider layers, grouped-query attention, tied embeddings and a vocabulary big enough for
+# the fp32 logits to be the largest activation: a different balance of the same terms.
+WIDE = LlamaConfig(
+    vocab_size=6144,
+    hidden_size=384,
+    intermediate_size=1024,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("config", [SMALL, WIDE], ids=["small", "wide"])
+def test_estimate_within_20_percent_of_measured_peak(config, method):
+    # AdamW makes its state in the first step, so full fine-tuning needs a second step to show the
+    # steady state; LoRA's state is a few hundred KB here, and one step is enough.
+    steps = 2 if method == "full" else 1
+    step = mem.train_step_fn(config, method, batch_size=8, seq_len=128, steps=steps)
+    measured = mem.measure_peak(step, "cpu")
+    est = mem.estimate(config, method, torch.float32, batch_size=8, seq_len=128, optimizer="adamw")
+    assert 0.8 <= est.total / measured <= 1.2, f"estimate {est.total:,} vs measured {measured:,}"
+
+
+def test_qlora_estimate_within_20_percent_of_model_bytes_plus_measured_step(tmp_path):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+
+    from ftlearn.quantization import bnb_config, model_bytes
+
+    LlamaForCausalLM(SMALL).save_pretrained(tmp_path)
+    quantized = LlamaForCausalLM.from_pretrained(
+        tmp_path, quantization_config=bnb_config("nf4", torch.float32), device_map="cpu"
+    )
+    model = get_peft_model(quantized, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    tokens = torch.randint(0, SMALL.vocab_size, (8, 128))
+
+    def one_step():  # the adapters' AdamW state is ~0.2 MB: one step shows the peak
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        optimizer.step()
+
+    # the model exists before the measurement starts, so its bytes are added
+    measured = model_bytes(model) + mem.measure_peak(one_step, "cpu")
+    est = mem.estimate(SMALL, "qlora", torch.float32, batch_size=8, seq_len=128)
+    assert est.weights == pytest.approx(model_bytes(model), rel=0.05)
+    assert 0.8 <= est.total / measured <= 1.2, f"estimate {est.total:,} vs measured {measured:,}"
+
+
+def test_measure_peak_sees_tensors_not_python_objects():
+    def fn():
+        a = torch.ones(2 * 1024**2)  # 8 MiB, kept
+        b = torch.ones(1024**2)  # 4 MiB, freed at once
+        del b
+        junk = [float(i) for i in range(200_000)]  # ~6 MB of Python floats: not tensor memory
+        c = torch.ones(512 * 1024)  # 2 MiB, allocated after b was freed
+        return a, c, junk
+
+    assert mem.measure_peak(fn, "cpu") == 12 * 1024**2
+
+
+def test_param_count_from_config_equals_the_model():
+    for config in (SMALL, WIDE):
+        model = LlamaForCausalLM(config)
+        assert mem.as_shape(config).n_params == sum(p.numel() for p in model.parameters())
+        linear = sum(
+            m.weight.numel()
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+        )
+        assert mem.as_shape(model).linear_params == linear
+
+
+def test_catalog_sizes_match_their_names():
+    expected = {
+        "SmolLM2-135M": 0.135,
+        "SmolLM2-360M": 0.36,
+        "Qwen2.5-0.5B": 0.49,
+        "Llama-3.2-1B": 1.24,
+        "SmolLM2-1.7B": 1.71,
+        "Llama-3.2-3B": 3.21,
+        "Mistral-7B": 7.24,
+        "Qwen2.5-7B": 7.62,
+        "Llama-3.1-8B": 8.03,
+        "Llama-2-13B": 13.0,
+        "Llama-3.1-70B": 70.6,
+    }
+    assert set(expected) == set(mem.MODELS)
+    for name, billions in expected.items():
+        assert mem.as_shape(name).n_params / 1e9 == pytest.approx(billions, rel=0.01), name
+    assert mem.as_shape(7.0).n_params / 1e9 == pytest.approx(7.0, rel=0.05)
+
+
+def test_full_finetuning_activations_follow_the_documented_formula():
+    shape = mem.as_shape(SMALL)
+    h, kv, i, tokens = 256, 256, 688, 8 * 128
+    acts = mem.activation_bytes(shape, 8, 128, 4, "full")
+    assert acts["per_layer"] == tokens * 4 * (9 * h + 2 * kv + 4 * i)
+    assert acts["logits"] == 3 * tokens * 2048 * 4
+    lora = mem.activation_bytes(shape, 8, 128, 4, "lora", ("q_proj", "v_proj"), lora_r=8)
+    assert lora["per_layer"] == tokens * (4 * (5 * h + 2 * kv + 3 * i) + 4 * 8 * 2)
+
+
+def test_components_scale_the_right_way():
+    kw = dict(dtype=torch.bfloat16, batch_size=4, seq_len=1024)
+    full = mem.estimate("Llama-3.2-1B", "full", **kw)
+    lora = mem.estimate("Llama-3.2-1B", "lora", **kw)
+    qlora = mem.estimate("Llama-3.2-1B", "qlora", **kw)
+    assert lora.optimizer < full.optimizer / 100 and lora.gradients < full.gradients / 100
+    assert qlora.weights < lora.weights / 2
+    assert full.optimizer == 2 * full.weights  # AdamW: two bf16 moments per bf16 weight
+    # checkpointing shrinks the layers' activations, not the fp32 logits of a 32k-128k vocabulary
+    for name, shrink in (("Mistral-7B", 3), ("Llama-3.2-1B", 1.5)):
+        plain = mem.estimate(name, "lora", **kw).activations
+        ckpt = mem.estimate(name, "lora", gradient_checkpointing=True, **kw).activations
+        assert ckpt < plain / shrink, name
+    acts = mem.activation_bytes(
+        mem.as_shape("Llama-3.2-1B"), 4, 1024, 2, "lora", gradient_checkpointing=True
+    )
+    assert acts["logits"] > acts["total"] / 2
+    double = mem.estimate("Llama-3.2-1B", "lora", dtype=torch.bfloat16, batch_size=8, seq_len=1024)
+    assert double.activations == 2 * lora.activations  # every term is linear in the batch
+    eight_bit = mem.estimate("Llama-3.2-1B", "full", optimizer="adamw_8bit", **kw)
+    assert eight_bit.optimizer == pytest.approx(full.optimizer / 2 * 1.0156, rel=1e-3)
+    assert mem.estimate("Llama-3.2-1B", "full", optimizer="sgd", **kw).optimizer == 0
+    assert full.sum_of_parts > full.total  # gradients and activations do not peak together
+
+
+def test_bad_arguments_say_what_is_allowed():
+    with pytest.raises(ValueError, match="full"):
+        mem.estimate(SMALL, "prefix")
+    with pytest.raises(ValueError, match="adamw"):
+        mem.estimate(SMALL, "full", optimizer="adam")
+    with pytest.raises(ValueError, match="q_proj"):
+        mem.estimate(SMALL, "lora", lora_targets=("query",))
+    with pytest.raises(KeyError, match="T4"):
+        mem.will_it_fit("Llama-3.1-8B", gpu="TPU")
+
+
+def test_will_it_fit():
+    assert mem.will_it_fit("Llama-3.1-8B", "qlora", "T4").fits
+    assert not mem.will_it_fit("Llama-3.1-8B", "full", "T4").fits
+    assert not mem.will_it_fit("Llama-3.1-70B", "qlora", "Colab (free T4)").fits
+    fit = mem.will_it_fit("Llama-3.1-70B", "qlora", "A100 80GB")
+    assert fit.fits and fit.headroom_gb == pytest.approx(79.0 - fit.needed_gb)
+    assert mem.will_it_fit(1.0, "lora", 8.0).available_gb == 7.0  # a GPU given as its GB
+
+
+def test_fit_table_and_widget_fallback(monkeypatch, capsys):
+    table = mem.fit_table(["SmolLM2-135M", "Llama-3.1-8B"], gpu="T4")
+    assert "SmolLM2-135M" in table and "✓" in table and "✗" in table
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # makes `import ipywidgets` fail
+    assert mem.fit_widget() is None
+    assert "Llama-3.1-70B" in capsys.readouterr().out
+
+
+def test_fit_widget_builds_controls():
+    widgets = pytest.importorskip("ipywidgets", reason="ipywidgets not installed here")
+    assert isinstance(mem.fit_widget(), widgets.VBox)

@@ -1,0 +1,233 @@
+"""Quantization by hand must agree with bitsandbytes: same NF4 levels, codes, values and bytes."""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+
+import pytest
+import torch
+
+from ftlearn import quantization as q
+
+bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is needed to compare against it")
+F = bnb.functional
+
+
+# --- number formats -------------------------------------------------------------------------
+
+
+def test_number_formats_table():
+    rows = {r["format"]: r for r in q.number_formats()}
+    assert list(rows) == ["fp32", "fp16", "bf16", "int8", "fp4", "nf4"]
+    assert rows["fp16"]["max"] == 65504.0
+    assert rows["bf16"]["resolution_near_1"] == 2**-7  # 7 mantissa bits
+    assert rows["fp32"]["smallest_normal"] == rows["bf16"]["smallest_normal"] == 2**-126
+    assert rows["nf4"]["resolution_near_1"] == pytest.approx(1 - 0.7229568, abs=1e-6)
+    assert rows["fp4"]["resolution_near_1"] == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_representable_values_counts():
+    assert q.representable_values("fp16", 1.0, 2.0).numel() == 1024 + 1  # 10 mantissa bits, and 2.0
+    assert q.representable_values("bf16", 1.0, 2.0).numel() == 128 + 1
+    assert q.representable_values("fp32", 1.0, 1.0 + 2**-20).numel() == 2**3 + 1
+    assert q.representable_values("nf4").numel() == 16
+    assert q.representable_values("fp4").numel() == 15
+    assert q.representable_values("int8", 0.0, 1.0).numel() == 128
+    with pytest.raises(ValueError, match="narrow"):
+        q.representable_values("fp32", -1.0, 1.0)
+
+
+# --- int8 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocksize", [None, 64])
+def test_absmax_round_trip_error_is_at_most_half_a_step(blocksize):
+    x = torch.randn(96, 100)  # 9,600 values: the last block of 64 is partial
+    codes, scale = q.absmax_quantize(x, blocksize)
+    assert codes.dtype == torch.int8 and codes.shape == x.shape
+    assert codes.abs().max() == 127  # the absmax of each block maps to ±127
+    back = q.absmax_dequantize(codes, scale, blocksize)
+    step = scale.repeat_interleave(blocksize or x.numel())[: x.numel()].view(x.shape)
+    assert ((back - x).abs() <= step / 2 + 1e-7).all()
+    assert scale.numel() == (1 if blocksize is None else -(-x.numel() // 64))
+
+
+def test_zeropoint_uses_the_full_range_for_one_sided_data():
+    x = torch.relu(torch.randn(4096))  # activations after ReLU: nothing below 0
+    codes, scale, zero = q.zeropoint_quantize(x)
+    back = q.zeropoint_dequantize(codes, scale, zero)
+    assert codes.min() == -128 and codes.max() >= 126
+    assert (back[x == 0] == 0).all()  # an integer zero point keeps 0.0 exact
+    absmax_back = q.absmax_dequantize(*q.absmax_quantize(x))
+    # absmax wastes the negative half of int8 here: about twice the error
+    assert q.quant_error(x, back)["mean_abs"] < 0.6 * q.quant_error(x, absmax_back)["mean_abs"]
+
+
+def test_blockwise_beats_per_tensor_when_outliers_are_planted():
+    x = q.planted_outliers(rows=128, cols=512, n_outliers=3, magnitude=20.0, seed=1)
+    report = q.outlier_features(x, threshold=6.0, blocksize=64)
+    planted = (x.abs().amax(dim=0) > 10).nonzero().flatten().tolist()
+    assert report["columns"] == planted and len(planted) == 3
+    per_tensor, blockwise = report["per_tensor"]["mean_abs"], report["blockwise"]["mean_abs"]
+    assert blockwise < per_tensor / 5
+    assert report["outliers_in_16bit"]["mean_abs"] < per_tensor / 5
+    clean = q.outlier_features(torch.randn(128, 512))
+    assert clean["columns"] == []  # N(0, 1) almost never passes 6 sigma
+
+
+# --- NF4 ------------------------------------------------------------------------------------
+
+
+def test_nf4_levels_equal_bitsandbytes_codebook():
+    levels = q.nf4_levels()
+    assert torch.equal(levels, F.get_4bit_type("nf4", device="cpu"))  # bit for bit
+    assert (levels > 0).sum() == 8 and (levels < 0).sum() == 7 and levels[7] == 0.0
+    assert levels[0] == -1.0 and levels[-1] == 1.0
+    assert q.NF4_OFFSET == pytest.approx(1 - (1 / 30 + 1 / 32) / 2, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((128, 192), torch.float32),
+        ((64, 128), torch.bfloat16),
+        ((7, 33), torch.float32),  # 231 values: a partial last block and an odd count to pad
+    ],
+)
+def test_nf4_codes_and_values_equal_bitsandbytes(shape, dtype):
+    torch.manual_seed(0)
+    w = (torch.randn(shape) * 0.02).to(dtype)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    codes, absmax = q.nf4_quantize(w, blocksize=64)
+    assert torch.equal(codes, q.unpack_4bit(packed, w.shape))
+    # same nibble order: element 0 goes in the high nibble
+    assert torch.equal(q.pack_4bit(codes), packed)
+    assert torch.equal(absmax, state.absmax)
+    state.dtype = torch.float32  # compare in fp32, before any cast
+    theirs = F.dequantize_4bit(packed, state).reshape(shape)
+    ours = q.nf4_dequantize(codes, absmax, blocksize=64)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert (codes != 7).float().mean() > 0.8  # not a degenerate all-zero quantization
+
+
+def test_nf4_ties_go_to_the_lower_level_like_bitsandbytes():
+    levels = q.nf4_levels()
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    # absmax 1.0 makes every scaled value equal the input exactly: each midpoint is a true tie
+    w = torch.cat([torch.tensor([1.0]), midpoints, torch.zeros(64 - 16)])
+    codes, _ = q.nf4_quantize(w)
+    packed, _ = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert codes[1:16].tolist() == list(range(15))
+    assert torch.equal(codes, q.unpack_4bit(packed, w.shape))
+
+
+# --- bits per parameter ---------------------------------------------------------------------
+
+
+def test_bits_per_param_exact():
+    assert q.bits_per_param() == Fraction(9, 2)
+    assert q.bits_per_param(double_quant=True) == 4 + Fraction(8, 64) + Fraction(32, 64 * 256)
+    assert q.bits_per_param(blocksize=128, double_quant=True) < q.bits_per_param(double_quant=True)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_bits_per_param_read_from_bnb_quant_state(double_quant):
+    w = torch.randn(1024, 1024)
+    measured = q.bnb_bits_per_param(w, double_quant=double_quant)
+    assert measured == pytest.approx(q.bits_per_param(double_quant=double_quant), rel=0.01)
+    with_tables = q.bnb_bits_per_param(w, double_quant=double_quant, include_codebooks=True)
+    assert measured < with_tables < measured + 0.01  # ~1 KB of tables per tensor
+
+
+# --- whole models ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("llama")
+    model.save_pretrained(path)
+    return path, model
+
+
+def _load(path, kind):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(
+        path, quantization_config=q.bnb_config(kind), device_map="cpu"
+    )
+
+
+def _linear_params(model) -> tuple[int, int, int]:
+    """(weights, linear layers, summed out_features) of the decoder layers' linear layers."""
+    shapes = [
+        (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+    ]
+    return sum(o * i for o, i in shapes), len(shapes), sum(o for o, _ in shapes)
+
+
+def test_4bit_linear_bytes_match_the_formula_and_are_under_a_third(llama_dir):
+    path, fp32 = llama_dir
+    n, layers, _ = _linear_params(fp32)
+    fp32_bytes = q.linear_weight_bytes(fp32)
+    assert fp32_bytes == 4 * n
+    nf4 = _load(path, "nf4")
+    nf4_bytes = q.linear_weight_bytes(nf4)
+    assert nf4_bytes < fp32_bytes / 3
+    # 4.127 bits per weight, plus per layer: 16 + 256 fp32 code-table entries and the offset
+    expected = n * q.bits_per_param(double_quant=True) / 8
+    assert expected <= nf4_bytes <= expected + layers * (4 * (16 + 256) + 4 + 4 * 2)
+    assert q.model_bytes(nf4) > nf4.get_memory_footprint()  # transformers misses the QuantState
+    x = torch.randint(0, 512, (1, 8))
+    assert torch.isfinite(nf4(x).logits).all()
+
+
+def test_8bit_linear_bytes_count_int8_weights_and_row_scales(llama_dir):
+    path, fp32 = llama_dir
+    n, _, rows = _linear_params(fp32)
+    int8 = _load(path, "int8")
+    assert q.linear_weight_bytes(int8) == n + 4 * rows  # 1 byte per weight + an fp32 scale per row
+    assert q.linear_weight_bytes(int8) < q.linear_weight_bytes(fp32) / 3
+
+
+# --- BitsAndBytesConfig ---------------------------------------------------------------------
+
+
+def test_bnb_config_kinds(monkeypatch):
+    nf4 = q.bnb_config("nf4")
+    assert nf4.load_in_4bit and nf4.bnb_4bit_quant_type == "nf4" and nf4.bnb_4bit_use_double_quant
+    assert q.bnb_config("int8").load_in_8bit
+    with pytest.raises(ValueError, match="int8"):
+        q.bnb_config("nf3")
+    # bitsandbytes 0.50 runs FP4 on CPU; where a version does not, the error must say so
+    if q.fp4_supported("cpu"):
+        assert q.bnb_config("fp4").bnb_4bit_quant_type == "fp4"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(q, "fp4_supported", lambda device="cpu": False)
+    with pytest.raises(RuntimeError, match="FP4 needs CUDA"):
+        q.bnb_config("fp4")
+
+
+def test_missing_bitsandbytes_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
+    )
+    with pytest.raises(ImportError, match="pip install bitsandbytes"):
+        q.bnb_config("nf4")
