@@ -528,14 +528,59 @@ def check_no_leakage(
 # ----------------------------------------------------------------------------- tokenization
 
 
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# Conversations a marked-up template must render exactly as the original does.
+_PROBES = [
+    [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+    [
+        {"role": "system", "content": "S."},
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "A."},
+        {"role": "user", "content": "R?"},
+        {"role": "assistant", "content": "B."},
+    ],
+]
+
+
+def with_generation_markers(tokenizer):
+    """The tokenizer if its chat template marks the assistant's tokens, else a ChatML copy that does."""
+    if GENERATION_MARKER.search(tokenizer.chat_template or ""):
+        return tokenizer
+    import copy
+
+    from ftlearn.tokenizer import CHAT_TEMPLATE
+
+    def render(tok, messages, prompt: bool = False) -> str:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+    marked = copy.deepcopy(tokenizer)
+    marked.chat_template = CHAT_TEMPLATE
+    # Some ChatML templates (SmolLM2's) add a default system prompt to chats without one: keep it.
+    first = render(tokenizer, _PROBES[0])
+    if default := re.match(r"<\|im_start\|>system\n.*?<\|im_end\|>\n", first, re.S):
+        literal = json.dumps(default[0])  # JSON's escapes are Jinja's too
+        add_default = f"{{% if messages[0]['role'] != 'system' %}}{{{{ {literal} }}}}{{% endif %}}"
+        marked.chat_template = add_default + CHAT_TEMPLATE
+    cases = [(m, False) for m in _PROBES] + [(m[:-1], True) for m in _PROBES]
+    if any(render(marked, m, prompt) != render(tokenizer, m, prompt) for m, prompt in cases):
+        raise ValueError(
+            f"The chat template of {tokenizer.name_or_path or 'this tokenizer'} is not plain "
+            "ChatML, so ftlearn cannot add {% generation %} markers to it safely. Write a copy "
+            "with {% generation %}...{% endgeneration %} around the assistant's content (TRL "
+            "ships some: trl.chat_template_utils.get_training_chat_template), or train on "
+            "prompt/completion rows (completion_only_loss), which need no markers."
+        )
+    return marked
+
+
 def tokenize_chat(example: Mapping, tokenizer, max_length: int | None = None) -> dict[str, list]:
     """input_ids, attention_mask, assistant_masks and labels (-100: no loss) of one chat row."""
-    if not re.search(r"\{%-?\s*generation\s*-?%\}", tokenizer.chat_template or ""):
+    if not GENERATION_MARKER.search(tokenizer.chat_template or ""):
         raise ValueError(
             "The tokenizer's chat template has no {% generation %} markers, so transformers cannot "
             "tell which tokens the assistant wrote (the loss mask would be all zeros). Use a template "
-            "with the markers (see ftlearn.tokenizer.CHAT_TEMPLATE), or prompt/completion rows, "
-            "where TRL masks the prompt itself (completion_only_loss)."
+            "with the markers (with_generation_markers(tokenizer) adds them to a ChatML one), or "
+            "prompt/completion rows, where TRL masks the prompt itself (completion_only_loss)."
         )
     out = tokenizer.apply_chat_template(
         example["messages"], return_dict=True, return_assistant_tokens_mask=True

@@ -30,6 +30,7 @@ from ftlearn.data import (
     tokenize_chat,
     truncation_report,
     validate,
+    with_generation_markers,
 )
 from ftlearn.tokenizer import IM_END, train_tokenizer
 
@@ -303,6 +304,38 @@ def test_template_without_generation_markers_fails_clearly(tok, monkeypatch):
     monkeypatch.setattr(tok, "chat_template", plain)
     with pytest.raises(ValueError, match=r"no \{% generation %\} markers"):
         tokenize_chat(chat("q", "a"), tok)
+
+
+# SmolLM2-135M-Instruct's template: ChatML without {% generation %} markers, with a default system.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+
+def test_with_generation_markers_keeps_the_rendering_and_marks_the_answer(tok, monkeypatch):
+    assert with_generation_markers(tok) is tok  # the course template has the markers already
+    monkeypatch.setattr(tok, "chat_template", SMOLLM2_TEMPLATE)
+    marked = with_generation_markers(tok)
+    assert marked is not tok and tok.chat_template == SMOLLM2_TEMPLATE
+    rows = [chat("Which river?", "Amber"), chat("Which river?", "Amber", id="s")]
+    rows[1]["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    for row in rows:
+        text = tok.apply_chat_template(row["messages"], tokenize=False)
+        assert marked.apply_chat_template(row["messages"], tokenize=False) == text
+        enc = tokenize_chat(row, marked)
+        assert tok.decode([i for i in enc["labels"] if i != -100]) == "Amber" + IM_END
+    assert "named SmolLM" in marked.apply_chat_template(rows[0]["messages"], tokenize=False)
+
+
+def test_with_generation_markers_refuses_a_template_it_cannot_mark(tok, monkeypatch):
+    plain = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    monkeypatch.setattr(tok, "chat_template", plain)
+    with pytest.raises(ValueError, match="not plain ChatML"):
+        with_generation_markers(tok)
 
 
 def test_truncation_report_separates_cut_and_lost_answers(tok):
