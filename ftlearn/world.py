@@ -5,8 +5,9 @@ by exact match (see `ftlearn.evaluation.normalize`). Nothing needs the network.
 
 What gets written to data/world/:
 - towns.jsonl        the knowledge base: one town a line, its five facts
-- corpus.txt         pre-training text: each town described many times, in varied phrasing and order,
-                     plus general everyday text (the "general knowledge" used to measure forgetting)
+- corpus.txt         pre-training text, documents separated by blank lines: each town described many
+                     times in varied phrasing and order; quiz sheets (a question line, then the bare
+                     answer) about training towns only; general everyday text (to measure forgetting)
 - instructions_{train,validation,test}.jsonl  chat-format questions and tasks about training towns
 - heldout.jsonl      questions about towns whose facts appear only in the corpus, never in training
 - general_eval.txt   held-out general sentences, for perplexity before and after fine-tuning
@@ -275,6 +276,7 @@ class WorldConfig:
     n_towns: int = 240  # 24 prefixes x 12 suffixes = 288 possible names
     n_heldout: int = 40  # towns never named in any training instruction
     descriptions_per_town: int = 12  # corpus renderings per town (varied phrasing and order)
+    quiz_sheets_per_town: int = 2  # quiz documents per training town (none for held-out towns)
     n_general: int = 3000  # general sentences in the corpus
     n_general_eval: int = 300  # held-out general sentences
     heldout_questions: int = 300  # questions sampled about held-out towns
@@ -296,6 +298,20 @@ def describe(town: Town, rng: random.Random) -> str:
     rng.shuffle(order)
     facts = asdict(town)
     return " ".join(rng.choice(FACT_SENTENCES[a]).format(**facts) for a in order)
+
+
+def quiz_sheet(town: Town, attributes: list[str], rng: random.Random) -> str:
+    """A plain-text quiz about one town: a question line, then the bare answer on its own line.
+
+    Quiz sheets about *some* towns in pre-training teach a model to pull facts out as answers,
+    and it then does so for towns it only read descriptions of: "mixed training", which
+    Allen-Zhu & Li (Physics of Language Models 3.1) found is what makes knowledge extractable.
+    The bare answer after a newline is also the form a chat answer takes after `assistant\n`.
+    """
+    order = attributes[:]
+    rng.shuffle(order)
+    facts = asdict(town)
+    return "\n".join(f"{rng.choice(QUESTIONS[a]).format(**facts)}\n{town.fact(a)}" for a in order)
 
 
 def general_sentence(rng: random.Random) -> str:
@@ -408,7 +424,6 @@ def build_world(config: WorldConfig | None = None) -> dict:
     rng.shuffle(general)
     general_eval, general_train = general[: cfg.n_general_eval], general[cfg.n_general_eval :]
     corpus += general_train
-    rng.shuffle(corpus)
 
     # Split by town-question key, stratified by task: no question (in any phrasing) lands in two
     # splits, and every split has every task in the same proportion.
@@ -427,11 +442,21 @@ def build_world(config: WorldConfig | None = None) -> dict:
     for rows in splits.values():
         rng.shuffle(rows)
 
+    # Quiz sheets cover the facts that training short-answer questions ask about, so a test
+    # question (same town, another fact) or a held-out town is never answered by a quiz line.
+    quizzed: dict[str, list[str]] = {}
+    for row in splits["train"]:
+        if row["task"] == "short_answer":
+            quizzed.setdefault(row["town"], []).append(row["id"].split("/")[-1])
+    town_index = {t.town: t for t in towns}
+    for name, attributes in sorted(quizzed.items()):
+        corpus += [quiz_sheet(town_index[name], attributes, rng) for _ in range(cfg.quiz_sheets_per_town)]
+    rng.shuffle(corpus)
+
     heldout = [row for t in heldout_towns for row in town_questions(t, rng)]
     rng.shuffle(heldout)
     heldout = heldout[: cfg.heldout_questions]
 
-    town_index = {t.town: t for t in towns}
     preferences = [preference_pair(r, town_index, rng) for r in splits["train"]]
     return {
         "towns": [asdict(t) | {"heldout": i < cfg.n_heldout} for i, t in enumerate(towns)],
@@ -452,8 +477,8 @@ def write_world(world: dict, out_dir: str | Path) -> dict[str, int]:
     counts = {}
     for name, rows in world.items():
         if name in ("corpus", "general_eval"):
-            path = out / f"{name}.txt"
-            path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+            path = out / f"{name}.txt"  # documents separated by a blank line
+            path.write_text("\n\n".join(rows) + "\n", encoding="utf-8")
         else:
             path = out / f"{name}.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -474,7 +499,7 @@ def load_split(name: str, world_dir: str | Path | None = None) -> list[dict]:
 
 
 def load_text(name: str, world_dir: str | Path | None = None) -> list[str]:
-    """Read one text file of the shipped world (corpus or general_eval), a line per item."""
+    """Read one text file of the shipped world (corpus or general_eval): its blank-line-separated documents."""
     from ftlearn.paths import WORLD_DIR
 
     path = Path(world_dir or WORLD_DIR) / f"{name}.txt"
@@ -482,4 +507,4 @@ def load_text(name: str, world_dir: str | Path | None = None) -> list[str]:
         raise FileNotFoundError(
             f"{path} is missing. Rebuild the world with `ftlearn build-tiny --world-only`."
         )
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [doc.strip() for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
