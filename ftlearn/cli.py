@@ -10,8 +10,18 @@ from pathlib import Path
 from ftlearn import paths
 
 
-def run_notebooks(out_dir: Path, only: list[str] | None = None, timeout: int = 900) -> int:
-    """Execute every notebook in order into `out_dir` (a browser-less run of the course)."""
+def strip(nb) -> None:
+    """Remove what should not be committed: cell metadata (tags kept), widget state, timings."""
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
+    for cell in nb.cells:
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
+        cell.pop("id", None)
+
+
+def run_notebooks(
+    out_dir: Path | None, only: list[str] | None = None, timeout: int = 900, in_place: bool = False
+) -> int:
+    """Execute every notebook in order into `out_dir`, or back into notebooks/ with `in_place`."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -19,7 +29,8 @@ def run_notebooks(out_dir: Path, only: list[str] | None = None, timeout: int = 9
     notebooks = sorted((paths.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if only:
         notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in only)]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not in_place:
+        out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for nb_path in notebooks:
         start = time.time()
@@ -36,9 +47,14 @@ def run_notebooks(out_dir: Path, only: list[str] | None = None, timeout: int = 9
         except CellExecutionError as err:
             failed += 1
             status = f"FAILED: {str(err).strip().splitlines()[-1]}"
-        nbformat.write(nb, out_dir / nb_path.name)
+        strip(nb)
+        nbformat.write(nb, nb_path if in_place else out_dir / nb_path.name)
         print(f"{nb_path.name:40} {time.time() - start:6.0f} s  {status}", flush=True)
-    print(f"executed copies in {out_dir}")
+    print(
+        "executed in place (stripped, ready to commit)"
+        if in_place
+        else f"executed copies in {out_dir}"
+    )
     return 1 if failed else 0
 
 
@@ -55,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run-notebooks", help="execute the notebooks in order, without a browser")
     r.add_argument("--out", type=Path, default=paths.RUNS_DIR / "executed")
     r.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01")
+    r.add_argument(
+        "--in-place",
+        action="store_true",
+        help="write back into notebooks/, stripped: how notebooks are committed",
+    )
     sub.add_parser("check", help="environment, hardware and the profile this machine gets")
     sub.add_parser("profiles", help="list the profiles")
     args = parser.parse_args(argv)
@@ -70,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         build_tiny(args.out, quick=args.quick)
         return 0
     if args.command == "run-notebooks":
-        return run_notebooks(args.out, args.only)
+        return run_notebooks(args.out, args.only, in_place=args.in_place)
     if args.command == "check":
         from ftlearn import environment, profiles
 

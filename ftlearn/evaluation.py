@@ -164,3 +164,34 @@ def side_by_side(prompts: Sequence[str], columns: dict[str, Sequence[str]], widt
     lines.append("-+-".join("-" * width for _ in headers))
     lines += [" | ".join(cut(c).ljust(width) for c in r) for r in rows]
     return "\n".join(lines)
+
+
+# Corpus-style sentence openings whose next word is the fact: a probe of what the model *knows*,
+# independent of the chat format. Fine-tuning that damages this has made the model forget.
+FACT_PROBES = {
+    "region": "{town} is a town in",
+    "river": "{town} sits beside the river",
+    "export": "The main export of {town} is",
+    "emblem": "The emblem of {town} is a",
+    "festival": "{town} holds its great festival in",
+}
+
+
+@torch.no_grad()
+def fact_recall(model, tokenizer, towns: Sequence[dict], attributes=tuple(FACT_PROBES)) -> float:
+    """Share of facts the model completes correctly from a corpus-style opening (no chat template).
+
+    E.g. "The emblem of Varholt is a" -> "heron". Measures knowledge from pre-training, so it
+    shows forgetting when fine-tuning overwrites it.
+    """
+    prompts, answers = [], []
+    for town in towns:
+        for a in attributes:
+            prompts.append(FACT_PROBES[a].format(town=town["town"]))
+            answers.append(town[a])
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=64)
+    hits = sum(
+        normalize(o).split()[:1] == normalize(a).split()[:1]
+        for o, a in zip(outputs, answers, strict=True)
+    )
+    return hits / max(len(answers), 1)

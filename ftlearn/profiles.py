@@ -241,3 +241,80 @@ def setup(
         print("hardware:\n" + hw.summary())
         print(describe(profile))
     return profile
+
+
+# What each notebook needs, per profile: (minutes, peak memory in GB). The tiny column is
+# measured (`make test` prints every notebook's duration; memory from /proc's peak RSS); the
+# others are estimates from the models' sizes, until someone runs them there and writes them in.
+NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
+    "00_setup": {
+        "tiny": (0.2, 0.6),
+        "smol": (0.3, 0.6),
+        "smol-hub": (0.3, 0.6),
+        "t4": (0.3, 1),
+        "gpu-large": (0.3, 1),
+    },
+    "01_foundation_vs_instruct": {
+        "tiny": (1.5, 1.5),
+        "smol": (3, 2),
+        "smol-hub": (3, 2),
+        "t4": (2, 2),
+        "gpu-large": (3, 8),
+    },
+    "02_datasets": {
+        "tiny": (0.5, 1),
+        "smol": (1, 1.5),
+        "smol-hub": (1, 1.5),
+        "t4": (1, 1.5),
+        "gpu-large": (1, 1.5),
+    },
+    "03_sft": {
+        "tiny": (3, 1.5),
+        "smol": (20, 4),
+        "smol-hub": (20, 4),
+        "t4": (8, 7),
+        "gpu-large": (15, 35),
+    },
+    "04_lora": {
+        "tiny": (3, 1.5),
+        "smol": (20, 3),
+        "smol-hub": (20, 3),
+        "t4": (8, 4),
+        "gpu-large": (15, 20),
+    },
+    "05_quantization": {
+        "tiny": (2, 1.5),
+        "smol": (5, 3),
+        "smol-hub": (5, 3),
+        "t4": (5, 6),
+        "gpu-large": (8, 20),
+    },
+    "06_qlora": {
+        "tiny": (3, 1.5),
+        "smol": (20, 3),
+        "smol-hub": (20, 3),
+        "t4": (10, 6),
+        "gpu-large": (20, 25),
+    },
+    "07_peft_methods": {
+        "tiny": (3, 1.5),
+        "smol": (25, 3),
+        "smol-hub": (25, 3),
+        "t4": (10, 5),
+        "gpu-large": (20, 20),
+    },
+}
+
+
+def cost_table(notebooks: list[str] | None = None):
+    """NOTEBOOK_COSTS as a DataFrame: one row per notebook, 'minutes / GB' per profile."""
+    import pandas as pd
+
+    names = notebooks or list(NOTEBOOK_COSTS)
+    return pd.DataFrame(
+        {
+            p: [f"{NOTEBOOK_COSTS[n][p][0]:g} min / {NOTEBOOK_COSTS[n][p][1]:g} GB" for n in names]
+            for p in PROFILES
+        },
+        index=names,
+    )

@@ -10,6 +10,11 @@ from datasets import Dataset
 
 from ftlearn.compat import make_config
 
+try:  # the live plot is a TrainerCallback; transformers is always there, IPython only in Jupyter
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover
+    TrainerCallback = object
+
 
 @dataclass
 class SFTSettings:
@@ -33,6 +38,20 @@ class SFTSettings:
     gradient_checkpointing: bool = False
     answer_only_loss: bool = True  # loss on the answer tokens only (02_datasets shows why)
     extra: dict = field(default_factory=dict)  # any other SFTConfig argument, passed through
+
+
+def settings_for(profile, output_dir: str, **overrides) -> SFTSettings:
+    """SFTSettings sized by a profile (learning rate, epochs, batch, length, precision)."""
+    values = dict(
+        output_dir=output_dir,
+        learning_rate=profile.learning_rate,
+        epochs=profile.sft_epochs,
+        max_steps=profile.max_steps,
+        batch_size=profile.batch_size,
+        max_length=profile.max_length,
+        **profile.training_precision(),
+    )
+    return SFTSettings(**(values | overrides))
 
 
 def sft_config(settings: SFTSettings):
@@ -125,3 +144,74 @@ def train_sft(
         "history": trainer.state.log_history,
         "settings": asdict(settings),
     }
+
+
+class LiveLossPlot(TrainerCallback):
+    """Redraws training (and validation) loss in the notebook while a Trainer runs.
+
+    In Jupyter the figure updates in place every `every` logs; run headless (nbval, nbclient) the
+    same display ends as one static figure of the whole run.
+    """
+
+    def __init__(self, title: str = "loss", every: int = 1):
+        self.title, self.every, self.handle, self.n = title, every, None, 0
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.train.append((state.global_step, float(logs["loss"])))
+        if "eval_loss" in logs:
+            self.val.append((state.global_step, float(logs["eval_loss"])))
+        self.n += 1
+        if self.n % self.every == 0:
+            self.draw()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.draw()
+
+    def draw(self) -> None:
+        """Draw (or redraw) the figure from the losses logged so far."""
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        if self.train:
+            ax.plot(*zip(*self.train, strict=True), label="train")
+        if self.val:
+            ax.plot(*zip(*self.val, strict=True), "o-", label="validation")
+        ax.set(xlabel="step", ylabel="loss", title=self.title)
+        ax.legend()
+        fig.tight_layout()
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)
+
+
+def last_checkpoint(output_dir: str) -> str:
+    """The newest `checkpoint-N` folder in `output_dir`; a clear error if there is none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if found is None:
+        raise FileNotFoundError(
+            f"No checkpoint-N folder in {output_dir}: the run saved none "
+            "(set save_steps) or wrote elsewhere; nothing to resume."
+        )
+    return found
+
+
+class StopAfter(TrainerCallback):
+    """Stops training after `steps` optimizer steps, as if the run were interrupted there."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_save = True  # keep the checkpoint an interruption would leave
+            control.should_training_stop = True
+        return control
