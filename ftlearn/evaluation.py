@@ -195,3 +195,13 @@ def fact_recall(model, tokenizer, towns: Sequence[dict], attributes=tuple(FACT_P
         for o, a in zip(outputs, answers, strict=True)
     )
     return hits / max(len(answers), 1)
+
+
+def forgetting_report(
+    model, tokenizer, general_texts: Sequence[str], towns: Sequence[dict]
+) -> dict:
+    """Two signs of forgetting: perplexity on everyday text, and recall of facts it was not tuned on."""
+    return {
+        "general perplexity": round(perplexity(model, tokenizer, general_texts), 2),
+        "fact recall": round(fact_recall(model, tokenizer, towns), 3),
+    }

@@ -23,8 +23,16 @@ def cache_dir() -> Path:
     return path
 
 
-def run_dir(name: str) -> Path:
-    """A fresh-or-existing folder under runs/ for one notebook's outputs."""
+def run_dir(name: str, fresh: bool = False) -> Path:
+    """A folder under runs/ for one notebook's outputs; `fresh=True` empties it first.
+
+    Training runs want `fresh=True`: a checkpoint left by an earlier run would otherwise be
+    picked up when resuming, or mixed with the new ones.
+    """
+    import shutil
+
     path = RUNS_DIR / name
+    if fresh and path.exists():
+        shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -215,3 +215,29 @@ class StopAfter(TrainerCallback):
             control.should_save = True  # keep the checkpoint an interruption would leave
             control.should_training_stop = True
         return control
+
+
+def loss_history(history: list[dict]):
+    """A Trainer's log history as a DataFrame: step, train loss, validation loss."""
+    import pandas as pd
+
+    rows = [
+        {"step": h["step"], "loss": h.get("loss"), "eval_loss": h.get("eval_loss")}
+        for h in history
+        if "loss" in h or "eval_loss" in h
+    ]
+    return pd.DataFrame(rows).groupby("step").first().reset_index()
+
+
+def plot_runs(histories: dict[str, list[dict]], key: str = "eval_loss", title: str = ""):
+    """One figure comparing runs: `key` ("loss" or "eval_loss") against the step, a line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, history in histories.items():
+        df = loss_history(history).dropna(subset=[key])
+        ax.plot(df["step"], df[key], marker="o" if key == "eval_loss" else None, label=name)
+    ax.set(xlabel="step", ylabel=key.replace("_", " "), title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -6,8 +6,9 @@ by exact match (see `ftlearn.evaluation.normalize`). Nothing needs the network.
 What gets written to data/world/:
 - towns.jsonl        the knowledge base: one town a line, its five facts
 - corpus.txt         pre-training text, documents separated by blank lines: each town described many
-                     times in varied phrasing and order; quiz sheets (a question line, then the bare
-                     answer) about training towns only; general everyday text (to measure forgetting)
+                     times in varied phrasing and order; quiz sheets (the training questions as plain
+                     text, each answer on its own line) about training towns only; general everyday
+                     text (to measure forgetting)
 - instructions_{train,validation,test}.jsonl  chat-format questions and tasks about training towns
 - heldout.jsonl      questions about towns whose facts appear only in the corpus, never in training
 - general_eval.txt   held-out general sentences, for perplexity before and after fine-tuning
@@ -154,12 +155,14 @@ FACT_SENTENCES: dict[str, list[str]] = {
     ],
 }
 # The one canonical sentence per fact: the target of the "rewrite" task.
+# It starts "The town of": a name that opens an answer would be a different token (no leading
+# space) from the same name inside the prompt, and a small model cannot spell one as the other.
 CANONICAL = {
-    "region": "{town} lies in {region}.",
-    "river": "{town} stands on the river {river}.",
-    "export": "{town} exports {export}.",
-    "emblem": "{town} has the {emblem} as its emblem.",
-    "festival": "{town} holds its festival in {festival}.",
+    "region": "The town of {town} lies in {region}.",
+    "river": "The town of {town} stands on the river {river}.",
+    "export": "The town of {town} exports {export}.",
+    "emblem": "The town of {town} has the {emblem} as its emblem.",
+    "festival": "The town of {town} holds its festival in {festival}.",
 }
 
 QUESTIONS: dict[str, list[str]] = {
@@ -275,8 +278,7 @@ class WorldConfig:
     seed: int = 0
     n_towns: int = 240  # 24 prefixes x 12 suffixes = 288 possible names
     n_heldout: int = 40  # towns never named in any training instruction
-    descriptions_per_town: int = 12  # corpus renderings per town (varied phrasing and order)
-    quiz_sheets_per_town: int = 2  # quiz documents per training town (none for held-out towns)
+    descriptions_per_town: int = 8  # corpus renderings per town (varied phrasing and order)
     n_general: int = 3000  # general sentences in the corpus
     n_general_eval: int = 300  # held-out general sentences
     heldout_questions: int = 300  # questions sampled about held-out towns
@@ -300,18 +302,19 @@ def describe(town: Town, rng: random.Random) -> str:
     return " ".join(rng.choice(FACT_SENTENCES[a]).format(**facts) for a in order)
 
 
-def quiz_sheet(town: Town, attributes: list[str], rng: random.Random) -> str:
-    """A plain-text quiz about one town: a question line, then the bare answer on its own line.
+def quiz_sheet(rows: list[dict], rng: random.Random) -> str:
+    """Plain-text quiz about one town: each question (or task) on a line, its bare answer below.
 
-    Quiz sheets about *some* towns in pre-training teach a model to pull facts out as answers,
-    and it then does so for towns it only read descriptions of: "mixed training", which
+    Quiz sheets about *some* towns in pre-training teach a model to pull facts out and work with
+    them, and it then does so for towns it only read descriptions of: "mixed training", which
     Allen-Zhu & Li (Physics of Language Models 3.1) found is what makes knowledge extractable.
-    The bare answer after a newline is also the form a chat answer takes after `assistant\n`.
+    No chat markup: the base model learns the skills, and fine-tuning teaches the chat format.
     """
-    order = attributes[:]
-    rng.shuffle(order)
-    facts = asdict(town)
-    return "\n".join(f"{rng.choice(QUESTIONS[a]).format(**facts)}\n{town.fact(a)}" for a in order)
+    rows = rows[:]
+    rng.shuffle(rows)
+    return "\n".join(
+        f"{r['messages'][-2]['content']}\n{r['messages'][-1]['content']}" for r in rows
+    )
 
 
 def general_sentence(rng: random.Random) -> str:
@@ -442,15 +445,13 @@ def build_world(config: WorldConfig | None = None) -> dict:
     for rows in splits.values():
         rng.shuffle(rows)
 
-    # Quiz sheets cover the facts that training short-answer questions ask about, so a test
-    # question (same town, another fact) or a held-out town is never answered by a quiz line.
-    quizzed: dict[str, list[str]] = {}
+    # Quiz sheets hold the training rows only, as plain text: no test question and no held-out
+    # town ever appears in one.
+    by_town: dict[str, list[dict]] = {}
     for row in splits["train"]:
-        if row["task"] == "short_answer":
-            quizzed.setdefault(row["town"], []).append(row["id"].split("/")[-1])
+        by_town.setdefault(row["town"], []).append(row)
+    corpus += [quiz_sheet(rows, rng) for _, rows in sorted(by_town.items())]
     town_index = {t.town: t for t in towns}
-    for name, attributes in sorted(quizzed.items()):
-        corpus += [quiz_sheet(town_index[name], attributes, rng) for _ in range(cfg.quiz_sheets_per_town)]
     rng.shuffle(corpus)
 
     heldout = [row for t in heldout_towns for row in town_questions(t, rng)]

@@ -123,3 +123,18 @@ def test_shipped_world_matches_the_seed():
     """data/world is exactly what the default recipe generates: nothing hand-edited."""
     shipped = load_split("instructions_test", WORLD_DIR)
     assert shipped == build_world()["instructions_test"]
+
+
+def test_quiz_sheets_hold_training_rows_only(world):
+    sheets = [d for d in world["corpus"] if "\n" in d]
+    assert sheets, "the corpus should carry quiz sheets (mixed training)"
+    text = "\n".join(sheets)
+    heldout = {t["town"] for t in world["towns"] if t["heldout"]}
+    assert not [t for t in heldout if t in text]
+    lines = set(text.splitlines())
+    for split in ("validation", "test"):
+        assert not [
+            r for r in world[f"instructions_{split}"] if r["messages"][-2]["content"] in lines
+        ]
+    train_prompts = {r["messages"][-2]["content"] for r in world["instructions_train"]}
+    assert train_prompts <= lines
