@@ -29,18 +29,19 @@ class LoRALinear(nn.Module):
         self.base = base.requires_grad_(False)  # W stays as pre-trained: only A and B learn
         self.r, self.alpha = r, alpha
         self.scaling = alpha / r  # the LoRA paper's choice: a new r then needs no new learning rate
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
+        # A and B in fp32 whatever W's dtype, as peft does (autocast_adapter_dtype): fp16 mixed
+        # precision cannot train fp16 parameters, and tiny updates to A and B round away in 16 bits.
+        kw = {"dtype": torch.float32, "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kw))
         # B = 0 makes B @ A = 0: at step 0 the model is exactly the pre-trained one.
-        self.lora_B = nn.Parameter(
-            torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device)
-        )
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **kw))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as in peft
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base output plus the low-rank path; A first, so no out x in matrix is ever built."""
-        return self.base(x) + self.dropout(x) @ self.lora_A.T @ self.lora_B.T * self.scaling
+        update = self.dropout(x.to(self.lora_A.dtype)) @ self.lora_A.T @ self.lora_B.T
+        return self.base(x) + (update * self.scaling).to(x.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a full matrix, scaling * B @ A (out x in): what merging adds to W."""
@@ -104,6 +105,38 @@ def copy_lora_weights(ours: LoRALinear, theirs: nn.Module, adapter: str = "defau
     """Give our layer the A and B of one peft LoRA layer (same shapes: A is r x in, B is out x r)."""
     ours.lora_A.copy_(theirs.lora_A[adapter].weight)
     ours.lora_B.copy_(theirs.lora_B[adapter].weight)
+
+
+@torch.no_grad()
+def copy_to_peft(model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> list[str]:
+    """Copy A and B from every LoRALinear of `model` into the peft LoRA layer of the same name."""
+    theirs = dict(peft_model.get_base_model().named_modules())
+    copied = []
+    for name, module in _lora_layers(model).items():
+        if name not in theirs or not hasattr(theirs[name], "lora_A"):
+            raise ValueError(
+                f"The peft model has no LoRA layer named {name!r}: target the same modules."
+            )
+        theirs[name].lora_A[adapter].weight.copy_(module.lora_A)
+        theirs[name].lora_B[adapter].weight.copy_(module.lora_B)
+        copied.append(name)
+    return copied
+
+
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules holding lora_A and lora_B parameters: our LoRALinear, or a learner's own version of it."""
+    found = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "lora_A", None), nn.Parameter)
+        and isinstance(getattr(m, "lora_B", None), nn.Parameter)
+    }
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no LoRA layer (a module with lora_A and lora_B "
+            "parameters): inject them first (inject_lora)."
+        )
+    return found
 
 
 def copy_from_peft(model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> list[str]:
@@ -230,3 +263,137 @@ def max_abs_logit_diff(model_a: nn.Module, model_b: nn.Module, input_ids: torch.
         for m, was_training in modes:  # hand the models back as they came
             m.train(was_training)
     return diff.abs().max().item()
+
+
+def adamw_state_bytes(optimizer) -> int:
+    """Bytes an AdamW optimizer really holds in its two moments (exp_avg, exp_avg_sq), measured."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the Trainer's one
+    return sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for key, t in state.items()
+        if key in ("exp_avg", "exp_avg_sq")
+    )
+
+
+@torch.no_grad()
+def weight_deltas(
+    before: dict[str, torch.Tensor], model: nn.Module, targets: str | list[str]
+) -> dict[str, torch.Tensor]:
+    """W_after - W_before for each targeted linear layer's weight: what fine-tuning changed."""
+    chosen = _targeted(model, resolve_targets(targets))
+    return {n: m.weight.detach().float() - before[f"{n}.weight"].float() for n, m in chosen.items()}
+
+
+def energy_rank(singular_values: torch.Tensor, share: float = 0.9) -> int:
+    """The fewest singular directions that hold `share` of a matrix's energy (sum of s squared)."""
+    energy = singular_values.double().pow(2).cumsum(0)
+    return int((energy < share * energy[-1]).sum().item()) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring runs for the notebooks' comparison tables (04_lora, 07_peft_methods)
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_score(
+    model: nn.Module,
+    tokenizer,
+    train: list[dict],
+    test: list[dict],
+    settings,
+    peft_config=None,
+    max_new_tokens: int = 16,
+) -> dict:
+    """Train with the course's SFTTrainer, then measure: exact match, trainable share, step time."""
+    from ftlearn.evaluation import evaluate_exact_match
+    from ftlearn.training import make_trainer
+
+    trainer = make_trainer(model, tokenizer, train, settings, peft_config=peft_config)
+    result = trainer.train()
+    trained = trainer.model  # the PeftModel when peft_config was given, else `model` itself
+    scores = evaluate_exact_match(
+        trained, tokenizer, test, max_new_tokens=max_new_tokens, batch_size=64
+    )
+    report = trainable_report(trained)
+    return {
+        "model": trained,
+        "exact match": scores["exact_match"],
+        "trainable": report["trainable"],
+        "trainable %": report["percent"],
+        # wall time over optimizer steps: data collation and logging included, as a learner sees it
+        "step ms": 1000 * result.metrics["train_runtime"] / max(result.global_step, 1),
+        "optimizer state MB": adamw_state_bytes(trainer.optimizer) / 1e6,
+        "train loss": result.training_loss,
+        "history": trainer.state.log_history,
+        "predictions": scores["predictions"],
+    }
+
+
+def update_ranks(
+    before: dict[str, torch.Tensor],
+    model: nn.Module,
+    targets: str | list[str] = "all-linear",
+    share: float = 0.9,
+):
+    """Per targeted weight: how many singular directions hold `share` of what training changed."""
+    import pandas as pd
+
+    rows = []
+    for name, delta in weight_deltas(before, model, targets).items():
+        s = torch.linalg.svdvals(delta)
+        rows.append(
+            {
+                "layer": name.removeprefix("model."),
+                "module": _short(name),
+                "shape": tuple(delta.shape),
+                "full rank": min(delta.shape),
+                f"rank holding {share:.0%}": energy_rank(s, share),
+            }
+        )
+    return pd.DataFrame(rows).set_index("layer")
+
+
+def plot_accuracy_vs_params(table, title: str = "", ax=None):
+    """Exact match against trainable parameters (log scale), one labelled point per row of `table`."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(table["trainable"], table["exact match"], "o")
+    for label, row in table.iterrows():
+        ax.annotate(
+            str(label), (row["trainable"], row["exact match"]), xytext=(4, 4),
+            textcoords="offset points", fontsize=8,
+        )  # fmt: skip
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="exact match")
+    ax.set(title=title, ylim=(-0.02, 1.05))
+    ax.grid(alpha=0.3)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+@torch.no_grad()
+def adapter_matrix(
+    peft_model, tokenizer, rows_by_task: dict[str, list[dict]], max_new_tokens: int = 16
+):
+    """Exact match of every adapter of `peft_model` (rows) on every task (columns), and the base's."""
+    import pandas as pd
+
+    from ftlearn.evaluation import evaluate_exact_match
+
+    def score() -> dict[str, float]:
+        return {
+            task: evaluate_exact_match(
+                peft_model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=64
+            )["exact_match"]
+            for task, rows in rows_by_task.items()
+        }
+
+    table = {}
+    for name in list(peft_model.peft_config):
+        peft_model.set_adapter(name)  # a switch of pointers: no weight is copied or reloaded
+        table[f"adapter {name}"] = score()
+    with peft_model.disable_adapter():  # the frozen base, as it was before any training
+        table["no adapter (base)"] = score()
+    return pd.DataFrame(table).T

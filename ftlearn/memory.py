@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
-from ftlearn.quantization import bits_per_param
+from ftlearn.quantization import bits_per_param, model_bytes
 
 GB = 1024**3
 MB = 1024**2
@@ -152,6 +154,27 @@ def as_shape(model) -> ModelShape:
     return ModelShape.from_config(getattr(model, "config", model))
 
 
+def llama_config(model):
+    """A transformers LlamaConfig with the shape of `model` (anything `as_shape` takes).
+
+    Memory depends on shapes, not on weight values: a randomly initialised model built from this
+    config trains with the same bytes as the real checkpoint, with nothing to download.
+    """
+    from transformers import LlamaConfig
+
+    shape = as_shape(model)
+    return LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim or shape.hidden // shape.heads,
+        tie_word_embeddings=shape.tied,
+    )
+
+
 def _dtype_bytes(dtype) -> int:
     """Bytes per element of a torch dtype or a name ("fp32", "bf16", "fp16")."""
     names = {
@@ -221,6 +244,22 @@ class MemoryEstimate:
         return self.table()
 
 
+def trl_loss_tile(tokens: int, dtype_bytes: int) -> int:
+    """Bytes of the buffer in which TRL's SFTTrainer computes the loss (its fused, chunked LM head).
+
+    TRL 1.x never builds the batch x length x vocabulary logits: it projects up to 4,096 tokens at
+    a time onto 32,768 vocabulary entries at a time, in one buffer of that size whatever the
+    vocabulary: ~0.5 GB in fp32 from 4,096 tokens a batch, small next to a 128k vocabulary's logits,
+    large next to a tiny model. Sizes read from the installed TRL where it has them.
+    """
+    try:
+        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE as token_chunk
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE as vocab_chunk
+    except ImportError:  # an older or newer TRL: the values of TRL 1.16
+        token_chunk, vocab_chunk = 4096, 32768
+    return min(tokens, token_chunk) * vocab_chunk * dtype_bytes
+
+
 def activation_bytes(
     shape: ModelShape,
     batch_size: int,
@@ -230,6 +269,8 @@ def activation_bytes(
     lora_targets: Iterable[str] = ("q_proj", "v_proj"),
     lora_r: int = 8,
     gradient_checkpointing: bool = False,
+    lora_dropout: float = 0.0,
+    loss: str = "logits",
 ) -> dict[str, int]:
     """Bytes saved for backward, by part, in a Llama decoder trained with SDPA attention.
 
@@ -246,12 +287,16 @@ def activation_bytes(
     - LoRA: a frozen linear layer saves nothing (its input gradient needs only the weight), but
       each adapted one keeps its input for lora_A, upcast to an fp32 copy when the model is 16-bit
       (peft keeps adapters in fp32), plus r values for lora_B. With q, v targets: 5·h + 2·kv + 3·i.
+      With `lora_dropout` > 0 every adapted layer keeps its own dropped-out fp32 copy of its input
+      and dropout's 1-byte mask instead: 5 bytes per input value and adapted layer.
 
     Then the head: the final norm's input (and, in full FT, its x·rsqrt and output) and the logits.
     The loss upcasts logits to fp32 and backward holds three b·s·vocab fp32 tensors at once
     (log-softmax output, its gradient, the logits' gradient): for a 128k vocabulary this is the
     largest single term. Gradient checkpointing keeps only each layer's input and recomputes one
     layer at a time in backward, so the peak holds one layer's activations or the head, not both.
+    `loss="trl"`: TRL's SFTTrainer never builds the logits; its fused LM head works in one tile
+    (`trl_loss_tile`) plus the final hidden states and their fp32 gradient.
     The first layer's input is counted although, with a frozen embedding, LoRA does not save it.
 
     Measured on CPU (small random Llamas, batch 8 x 128), the total lands within 5% of the peak,
@@ -286,7 +331,11 @@ def activation_bytes(
         "down_proj": "mlp",
     }
     inputs = {name: shape.linear_shapes()[name][0] for name in LINEARS}
-    if full or p == 4:  # the saved input is the tensor itself, shared by the layers that read it
+    if (
+        not full and lora_dropout > 0
+    ):  # dropout(x) is a new fp32 tensor per adapted layer, + its mask
+        per_token["inputs of trained linears"] = 5 * sum(inputs[t] for t in targets)
+    elif full or p == 4:  # the saved input is the tensor itself, shared by the layers that read it
         per_token["inputs of trained linears"] = p * sum(
             inputs[n] for n in {reads[t]: t for t in targets}.values()
         )
@@ -298,7 +347,14 @@ def activation_bytes(
     layer = tokens * sum(per_token.values())
     # the final norm: its input (and, if its weight and lm_head train, x*rsqrt and its output)
     head = tokens * h * p * (3 if full else 1)
-    logits = 3 * tokens * shape.vocab * 4
+    if loss == "logits":
+        logits = 3 * tokens * shape.vocab * 4
+    elif loss == "trl":
+        logits = trl_loss_tile(tokens, p) + tokens * h * (p + 4)
+    else:
+        raise ValueError(
+            f"Unknown loss '{loss}': use 'logits' (model(labels=...)) or 'trl' (SFTTrainer)."
+        )
     if gradient_checkpointing:
         layers = shape.layers * tokens * h * p  # each layer's input, kept for the recomputation
         total = layers + max(layer, head + logits)
@@ -329,6 +385,8 @@ def estimate(
     gradient_checkpointing: bool = False,
     lora_r: int = 8,
     lora_targets: Iterable[str] = ("q_proj", "v_proj"),
+    lora_dropout: float = 0.0,
+    loss: str = "logits",
 ) -> MemoryEstimate:
     """Estimate the memory of one training step for full fine-tuning, LoRA or QLoRA.
 
@@ -339,7 +397,7 @@ def estimate(
       double quantization (4.127 bits) and the rest (embeddings, head, norms) in `dtype`. LoRA
       adapters are fp32, as peft makes them.
     - gradients and optimizer state: for trainable parameters only (all, or the adapters).
-    - activations: see `activation_bytes`.
+    - activations: see `activation_bytes` (`lora_dropout` and `loss` are passed on to it).
 
     Where it is off: pure `dtype` training is assumed (mixed precision's fp32 master weights and
     autocast's 16-bit weight copies are not counted); peft's prepare_model_for_kbit_training
@@ -365,7 +423,16 @@ def estimate(
     else:
         raise ValueError(f"Unknown method '{method}': use one of {METHODS}.")
     acts = activation_bytes(
-        shape, batch_size, seq_len, p, method, lora_targets, lora_r, gradient_checkpointing
+        shape,
+        batch_size,
+        seq_len,
+        p,
+        method,
+        lora_targets,
+        lora_r,
+        gradient_checkpointing,
+        lora_dropout,
+        loss,
     )
     dtype_name = str(dtype).replace("torch.", "")
     label = (
@@ -399,51 +466,118 @@ def _quiet_stderr():
         os.close(saved)
 
 
+class PeakProbe:
+    """Start, then stop: the peak bytes of tensor memory allocated in between, above the start.
+
+    CUDA: `torch.cuda.max_memory_allocated()` after a reset, minus what was allocated at the start.
+    CPU: torch has no allocation counter, and RSS mixes in the interpreter, libraries and malloc's
+    caching. So the probe runs `torch.profiler` with `profile_memory=True`: torch's CPU allocator
+    then reports every tensor allocation and free with its size; replaying them in time order
+    gives the exact peak of live tensor bytes. Frees of tensors made before `start()` are not
+    reported, which is why the result is relative to the start.
+    """
+
+    def __init__(self, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device not in ("cuda", "cpu"):
+            raise ValueError(f"measuring memory supports 'cuda' and 'cpu', not '{self.device}'.")
+        self._prof, self._start = None, 0
+
+    def start(self) -> PeakProbe:
+        """Begin recording."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _quiet_stderr():
+            self._prof.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop recording; the peak bytes above the start."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self._start
+        from torch.autograd import DeviceType
+
+        with _quiet_stderr():
+            self._prof.stop()
+        events = sorted(
+            (
+                e
+                for e in self._prof.profiler.kineto_results.events()
+                if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+            ),
+            key=lambda e: e.start_ns(),
+        )
+        self._prof = None
+        live = peak = 0
+        for event in events:  # nbytes is negative for a free
+            live += event.nbytes()
+            peak = max(peak, live)
+        return peak
+
+
 def measure_peak(fn: Callable[[], object], device: str | None = None) -> int:
     """Peak bytes of tensor memory `fn` allocates above what was allocated when it started.
 
-    CUDA: `torch.cuda.max_memory_allocated()` after a reset, minus what was allocated before.
-    CPU: torch has no allocation counter, and RSS mixes in the interpreter, libraries and
-    malloc's caching. So this runs `fn` under `torch.profiler` with `profile_memory=True`: torch's
-    CPU allocator then reports every tensor allocation and free with its size; replaying them in
-    time order gives the exact peak of live tensor bytes. Frees of tensors made before `fn` are
-    not reported, which is why the result is relative to the start: let `fn` build the model and
-    optimizer, or add `model_bytes(model)` for what existed before.
+    See `PeakProbe` for how (CUDA: the allocator's own counter; CPU: torch.profiler's record of
+    every allocation). Let `fn` build the model and optimizer, or add `model_bytes(model)` for
+    what existed before.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-    if device != "cpu":
-        raise ValueError(f"measure_peak supports 'cuda' and 'cpu', not '{device}'.")
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():
-        prof.start()
+    probe = PeakProbe(device).start()
     try:
         fn()
     finally:
-        with _quiet_stderr():
-            prof.stop()
-    events = sorted(
-        (
-            e
-            for e in prof.profiler.kineto_results.events()
-            if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
-        ),
-        key=lambda e: e.start_ns(),
-    )
-    live = peak = 0
-    for event in events:  # nbytes is negative for a free
-        live += event.nbytes()
-        peak = max(peak, live)
+        peak = probe.stop()
     return peak
+
+
+try:  # a Trainer callback; transformers is always installed with the course
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover
+    TrainerCallback = object
+
+
+class StepStats(TrainerCallback):
+    """Measures a Trainer run: the peak memory of its first `memory_steps` steps and each step's time.
+
+    The peak of a training run is reached once the optimizer state exists, at the second step, so
+    profiling a few steps (not the whole run, which the CPU profiler slows by ~20%) gives it.
+    `peak` is relative to the start of training: add `model_bytes(model)` for the total.
+    `step_seconds` is the median time of the steps after the profiled ones.
+    """
+
+    def __init__(self, memory_steps: int = 3, device: str | None = None):
+        self.memory_steps, self.device = memory_steps, device
+        self.peak: int | None = None
+        self.times: list[float] = []
+        self._probe, self._t0 = None, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._probe = PeakProbe(self.device).start()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._t0)
+        if self._probe is not None and state.global_step >= self.memory_steps:
+            self.peak, self._probe = self._probe.stop(), None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._probe is not None:
+            self.peak, self._probe = self._probe.stop(), None
+
+    @property
+    def step_seconds(self) -> float:
+        """Median seconds per optimizer step, profiled steps left out when others exist."""
+        unprofiled = self.times[self.memory_steps :] or self.times
+        return float(statistics.median(unprofiled)) if unprofiled else float("nan")
 
 
 def train_step_fn(
@@ -504,6 +638,69 @@ def train_step_fn(
             optimizer.zero_grad()
 
     return run
+
+
+def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float = 1e-4):
+    """The optimizer `estimate` calls `name`: torch's AdamW or SGD, bitsandbytes' 8-bit AdamW."""
+    params = list(params)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        from ftlearn.quantization import require_bitsandbytes
+
+        optim = require_bitsandbytes().optim
+        # Paging moves the state to CPU RAM under GPU memory pressure: CUDA only (on CPU,
+        # bitsandbytes warns and falls back to the plain 8-bit optimizer, which this picks directly).
+        paged = name.startswith("paged") and torch.cuda.is_available()
+        return (optim.PagedAdamW8bit if paged else optim.AdamW8bit)(params, lr=lr)
+    raise ValueError(f"Unknown optimizer '{name}': use one of {tuple(OPTIMIZER_BYTES)}.")
+
+
+def training_peak(
+    model,
+    batch_size: int = 8,
+    seq_len: int = 128,
+    optimizer: str = "adamw",
+    steps: int = 2,
+    seed: int = 0,
+    loss: str = "logits",
+) -> dict[str, int]:
+    """Measure `steps` training steps of a model that is already built (full, peft LoRA or QLoRA).
+
+    Returns bytes: `weights` (`model_bytes`, what exists before the step), `step` (the peak the
+    steps add: gradients, optimizer state, activations) and `total`, the number `estimate(...).total`
+    predicts. The steps train on random tokens of exactly `seq_len` (no padding): measure a copy.
+    Gradient checkpointing is measured if the model has it enabled (it works in train mode only).
+    `loss="trl"` computes the loss as TRL's SFTTrainer does, with its fused LM head (this patches
+    the model's forward: another reason to measure a copy).
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen)
+    tokens = tokens.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+
+    kwargs = {}
+    if loss == "trl":
+        from trl.trainer.utils import add_fused_lm_head
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
+        kwargs["fused_lm_head"] = True
+
+    def run() -> None:
+        opt = make_optimizer(optimizer, params)
+        for _ in range(steps):  # two: AdamW makes its state in the first step() (see train_step_fn)
+            model(input_ids=tokens, labels=tokens, **kwargs).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    weights = model_bytes(model)
+    step = measure_peak(run, device.type)
+    return {"weights": weights, "step": step, "total": weights + step}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,6 +770,28 @@ def will_it_fit(
     return Fit(needed <= available, needed, available, available - needed, est)
 
 
+def fit_rows(
+    models: Iterable = tuple(MODELS),
+    methods: Iterable[str] = METHODS,
+    gpu: str | float = "T4",
+    **kwargs,
+) -> list[dict]:
+    """One row per model: its parameters and, per method, the GB needed and whether it fits."""
+    rows = []
+    for model in models:
+        shape = as_shape(model)
+        row = {
+            "model": model if isinstance(model, str) else f"{shape.n_params / 1e9:.1f}B",
+            "params": shape.n_params,
+        }
+        for method in methods:
+            fit = will_it_fit(shape, method, gpu, **kwargs)
+            row[method] = round(fit.needed_gb, 2)
+            row[f"{method} fits"] = fit.fits
+        rows.append(row)
+    return rows
+
+
 def fit_table(
     models: Iterable = tuple(MODELS),
     methods: Iterable[str] = METHODS,
@@ -585,14 +804,9 @@ def fit_table(
         f"GPU: {gpu}  ({', '.join(f'{k}={v}' for k, v in kwargs.items()) or 'defaults'})",
         f"{'model':<16}{'params':>8}" + "".join(f"{m:>14}" for m in methods),
     ]
-    for model in models:
-        shape = as_shape(model)
-        name = model if isinstance(model, str) else f"{shape.n_params / 1e9:.1f}B"
-        cells = []
-        for method in methods:
-            fit = will_it_fit(shape, method, gpu, **kwargs)
-            cells.append(f"{fit.needed_gb:>9.1f} GB {'✓' if fit.fits else '✗'}")
-        lines.append(f"{name:<16}{shape.n_params / 1e9:>7.2f}B" + "".join(cells))
+    for row in fit_rows(models, methods, gpu, **kwargs):
+        cells = [f"{row[m]:>9.1f} GB {'✓' if row[f'{m} fits'] else '✗'}" for m in methods]
+        lines.append(f"{row['model']:<16}{row['params'] / 1e9:>7.2f}B" + "".join(cells))
     return "\n".join(lines)
 
 

@@ -14,20 +14,22 @@ from ftlearn.compat import make_config
 def tiny_llama_config(
     vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, **overrides
 ) -> LlamaConfig:
-    """The tiny-base architecture: a Llama of a few million parameters (SmolLM2's layout, shrunk)."""
-    return LlamaConfig(
+    """The tiny-base architecture: a Llama of a few million parameters (SmolLM2's layout, shrunk).
+
+    Any LlamaConfig field in `overrides` wins (e.g. hidden_size=64 for a test-sized model).
+    """
+    fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3 // 64 * 64
-        + 64,  # ~8/3 x hidden, as in Llama, rounded to 64
+        intermediate_size=hidden * 8 // 3 // 64 * 64 + 64,  # ~8/3 x hidden, as in Llama
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=512,
         rope_theta=10000.0,
         tie_word_embeddings=True,  # SmolLM2 ties them too; saves vocab x hidden parameters
-        **overrides,
     )
+    return LlamaConfig(**(fields | overrides))
 
 
 def pack(texts: list[str], tokenizer, block_size: int = 256) -> Dataset:
@@ -42,6 +44,17 @@ def pack(texts: list[str], tokenizer, block_size: int = 256) -> Dataset:
     ds = Dataset.from_dict({"input_ids": blocks})
     ds.info.description = f"{len(stream)} tokens -> {n} blocks of {block_size}; {len(stream) - n * block_size} tail tokens dropped"
     return ds
+
+
+def causal_lm_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack packed blocks into a batch whose labels are the inputs themselves.
+
+    The model shifts labels by one inside (next-token loss). Packed blocks have no padding, so no
+    attention mask is passed: without one, attention takes its fast causal path (~1.5x faster
+    on CPU than with an all-ones mask, which DataCollatorForLanguageModeling would add).
+    """
+    ids = torch.tensor([r["input_ids"] for r in rows])
+    return {"input_ids": ids, "labels": ids.clone()}
 
 
 @dataclass
@@ -60,7 +73,7 @@ class PretrainSettings:
 
 def pretrain(model, tokenizer, blocks: Dataset, settings: PretrainSettings, callbacks=None) -> dict:
     """Train `model` with the causal-LM objective on packed `blocks` (transformers' Trainer)."""
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     s = settings
     args = make_config(
@@ -84,8 +97,7 @@ def pretrain(model, tokenizer, blocks: Dataset, settings: PretrainSettings, call
         model=model,
         args=args,
         train_dataset=blocks,
-        # mlm=False: labels are the inputs; the model shifts them by one inside (next-token loss)
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=causal_lm_collator,
         callbacks=callbacks,
     )
     result = trainer.train()

@@ -9,6 +9,7 @@ bytes a quantized model holds. Tests assert that our NF4 codes equal bitsandbyte
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -110,6 +111,27 @@ def representable_values(
     return values
 
 
+def relative_gaps(fmt: str, points: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, gap from x to the next value up / x) over `fmt`'s positive range: range and precision.
+
+    Floats: `points` log-spaced magnitudes from the smallest subnormal to the largest finite
+    value. int8, fp4, nf4: their positive levels below 1.0, for a block whose absmax is 1.
+    """
+    if fmt in FLOAT_DTYPES:
+        dtype = FLOAT_DTYPES[fmt]
+        fi = torch.finfo(dtype)
+        smallest = fi.smallest_normal * fi.eps  # the smallest subnormal: 2^-149 in fp32
+        grid = torch.logspace(math.log10(smallest), math.log10(fi.max), points, dtype=torch.float64)
+        x = grid.to(dtype).unique()
+        x = x[(x > 0) & (x < fi.max)]
+        # Neighbouring floats subtract exactly, so the gap is computed in the format itself.
+        gap = torch.nextafter(x, torch.tensor(math.inf, dtype=dtype)) - x
+        return x.double(), gap.double() / x.double()
+    levels = representable_values(fmt)
+    positive = levels[levels > 0]
+    return positive[:-1], (positive[1:] - positive[:-1]) / positive[:-1]
+
+
 # ---------------------------------------------------------------------------------------------
 # int8: absmax (symmetric) and zero-point (asymmetric), per tensor or block-wise
 # ---------------------------------------------------------------------------------------------
@@ -192,29 +214,65 @@ def planted_outliers(
 def outlier_features(x: torch.Tensor, threshold: float = 6.0, blocksize: int = 64) -> dict:
     """Columns of `x` with any |value| > threshold, and the int8 error they cause in each scheme.
 
-    Compares absmax int8 per tensor (one outlier sets the scale for everything), block-wise (an
-    outlier only spoils its own block) and LLM.int8()'s decomposition (outlier columns kept in
-    16-bit, the rest quantized per tensor).
+    `x` is an activation matrix (tokens x features). Compares absmax int8 per tensor (one outlier
+    sets the scale for everything), vector-wise (one scale per token row: an outlier column is in
+    every row, so every row suffers), block-wise (an outlier only spoils its own block of
+    `blocksize` values) and LLM.int8()'s decomposition (outlier columns kept in 16-bit, the rest
+    quantized vector-wise).
     """
     x = x.float()
     cols = (x.abs() > threshold).any(dim=0).nonzero().flatten()
 
-    def per_tensor(t: torch.Tensor) -> torch.Tensor:
-        return absmax_dequantize(*absmax_quantize(t))
+    def per_row(t: torch.Tensor) -> torch.Tensor:  # a row-major matrix's rows are its blocks
+        return absmax_dequantize(*absmax_quantize(t, t.shape[1]), t.shape[1])
 
     mixed = x.clone()
     rest = torch.ones(x.shape[1], dtype=torch.bool)
     rest[cols] = False
     if rest.any():
-        mixed[:, rest] = per_tensor(x[:, rest])
+        mixed[:, rest] = per_row(x[:, rest].contiguous())
     return {
         "columns": cols.tolist(),
         "fraction": cols.numel() / x.shape[1],
         "threshold": threshold,
-        "per_tensor": quant_error(x, per_tensor(x)),
+        "per_tensor": quant_error(x, absmax_dequantize(*absmax_quantize(x))),
+        "vector_wise": quant_error(x, per_row(x)),
         "blockwise": quant_error(x, absmax_dequantize(*absmax_quantize(x, blocksize), blocksize)),
         "outliers_in_16bit": quant_error(x, mixed),
     }
+
+
+@torch.no_grad()
+def linear_inputs(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    names: Iterable[str] | None = None,
+    max_length: int = 256,
+) -> dict[str, torch.Tensor]:
+    """The input of every nn.Linear (or those in `names`) on `texts`: one row per real token.
+
+    These are the activation matrices X in X @ W.T that LLM.int8() quantizes; padding is dropped.
+    """
+    wanted = None if names is None else set(names)
+    captured: dict[str, list[torch.Tensor]] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda mod, args, out, name=name: captured.setdefault(name, []).append(args[0].detach())
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (wanted is None or name in wanted)
+    ]
+    enc = tokenizer(
+        list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length
+    ).to(next(model.parameters()).device)
+    try:
+        model.eval()(**enc)
+    finally:
+        for h in hooks:
+            h.remove()
+    keep = enc["attention_mask"].reshape(-1).bool()
+    return {n: torch.cat(v).reshape(-1, v[0].shape[-1])[keep].float() for n, v in captured.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,22 +297,52 @@ def nf4_levels(offset: float = NF4_OFFSET) -> torch.Tensor:
     return levels / levels.max()  # the largest positive quantile becomes 1.0; the smallest is -1.0
 
 
+def int4_levels() -> torch.Tensor:
+    """The 15 levels of symmetric int4 absmax: -7..7 divided by 7 (uniform, like int8 at 4 bits)."""
+    return torch.arange(-7, 8, dtype=torch.float32) / 7.0
+
+
+def codebook_quantize(
+    w: torch.Tensor, levels: torch.Tensor, blocksize: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise lookup-table quantization: per block, scale by 1/absmax, take the nearest level.
+
+    Returns (codes, absmax): uint8 indices into the sorted `levels` (shaped like `w`) and one fp32
+    absmax per block. NF4, FP4 and uniform int4 differ only in their `levels`.
+    """
+    levels = levels.float()
+    blocks = _to_blocks(w, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    # bitsandbytes multiplies by 1/absmax (it does not divide): the same rounding, the same codes
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38))[:, None], -1.0, 1.0)
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    # The code is the number of midpoints the value lies strictly above: the nearest level,
+    # a value exactly on a midpoint going to the lower one, as in bitsandbytes.
+    codes = (scaled.unsqueeze(-1) > midpoints).sum(dim=-1).to(torch.uint8)
+    return _from_blocks(codes, w.shape), absmax
+
+
+def codebook_dequantize(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    levels: torch.Tensor,
+    blocksize: int = 64,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Inverse of `codebook_quantize`: levels[code] * absmax of its block, computed in fp32."""
+    values = levels.float()[_to_blocks(codes, blocksize).long()]
+    return _from_blocks(values * absmax[:, None], codes.shape).to(dtype)
+
+
 def nf4_quantize(w: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-wise NF4: per block, divide by absmax and take the nearest level; returns (codes, absmax).
 
     Codes (uint8, 0..15, shaped like `w`) and fp32 absmax equal bitsandbytes' `quantize_4bit(...,
     quant_type="nf4")` exactly, because each step is done the same way: multiply by 1/absmax (not
     divide), clamp to [-1, 1], and compare with the fp32 midpoints between neighbouring levels. A
-    value exactly on a midpoint goes to the lower level (`torch.bucketize` with right=False).
+    value exactly on a midpoint goes to the lower level.
     """
-    levels = nf4_levels()
-    blocks = _to_blocks(w, blocksize)
-    absmax = blocks.abs().amax(dim=1)
-    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38))[:, None], -1.0, 1.0)
-    midpoints = (levels[:-1] + levels[1:]) / 2
-    # The code is the number of midpoints the value lies strictly above: the nearest level.
-    codes = (scaled.unsqueeze(-1) > midpoints).sum(dim=-1).to(torch.uint8)
-    return _from_blocks(codes, w.shape), absmax
+    return codebook_quantize(w, nf4_levels(), blocksize)
 
 
 def nf4_dequantize(
@@ -264,8 +352,7 @@ def nf4_dequantize(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Inverse of `nf4_quantize`: level[code] * absmax of its block, computed in fp32."""
-    values = nf4_levels()[_to_blocks(codes, blocksize).long()]
-    return _from_blocks(values * absmax[:, None], codes.shape).to(dtype)
+    return codebook_dequantize(codes, absmax, nf4_levels(), blocksize, dtype)
 
 
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
@@ -321,6 +408,19 @@ def _nbytes(t: torch.Tensor) -> int:
 def quant_state_bytes(state) -> dict[str, int]:
     """Bytes of each tensor in a bitsandbytes QuantState (absmax, code tables, nested state)."""
     return {name: _nbytes(t) for name, t in _state_tensors(state).items()}
+
+
+def describe_quant_state(state) -> list[dict]:
+    """One row per tensor a bitsandbytes QuantState holds: role, dtype, shape, bytes."""
+    return [
+        {
+            "tensor": name,
+            "dtype": str(t.dtype).replace("torch.", ""),
+            "shape": tuple(t.shape),
+            "bytes": _nbytes(t),
+        }
+        for name, t in _state_tensors(state).items()
+    ]
 
 
 def bnb_bits_per_param(
@@ -419,6 +519,18 @@ def require_bitsandbytes():
     import bitsandbytes
 
     return bitsandbytes
+
+
+def quiet_bitsandbytes() -> None:
+    """Hide bitsandbytes' warnings (an optional CPU kernel it could not fetch; int8's fp16 cast).
+
+    Both are logged on every CPU run and are harmless: the first names a faster 4-bit CPU kernel
+    that needs the `kernels` package and a download; the second, LLM.int8() computing in fp16,
+    is explained in 05_quantization. Errors still show. Call it before loading a quantized model.
+    """
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def fp4_supported(device: str = "cpu") -> bool:

@@ -34,7 +34,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Spaces are tokens of their own, so a word is the same token wherever it stands: "Amber" at
+    # the start of an answer, after a quote in JSON, or mid-sentence. GPT-style tokenizers
+    # (SmolLM2's) fold the space into the next word ("Ġ Amber" vs "Amber"); a big model learns
+    # that the two are one word from billions of examples, a tiny one from our few cannot.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(" ", behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -132,11 +132,23 @@ def make_trainer(
 
 
 def train_sft(
-    model, tokenizer, train, settings: SFTSettings, validation=None, callbacks=None
+    model,
+    tokenizer,
+    train,
+    settings: SFTSettings,
+    validation=None,
+    callbacks=None,
+    resume_from: str | None = None,
 ) -> dict:
-    """Fine-tune `model` on `train` in place; returns the run's numbers and its loss history."""
+    """Fine-tune `model` on `train` in place; returns the run's numbers and its loss history.
+
+    `resume_from="last"` continues from the newest checkpoint in `settings.output_dir` (a path
+    names one checkpoint): weights, optimizer, scheduler, RNG states and data order all resume.
+    """
     trainer = make_trainer(model, tokenizer, train, settings, validation, callbacks)
-    result = trainer.train()
+    if resume_from == "last":
+        resume_from = last_checkpoint(settings.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     return {
         "train_loss": result.training_loss,
         "steps": result.global_step,

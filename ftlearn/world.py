@@ -278,10 +278,11 @@ class WorldConfig:
     seed: int = 0
     n_towns: int = 240  # 24 prefixes x 12 suffixes = 288 possible names
     n_heldout: int = 40  # towns never named in any training instruction
-    descriptions_per_town: int = 8  # corpus renderings per town (varied phrasing and order)
+    descriptions_per_town: int = 12  # corpus renderings per town (varied phrasing and order)
     n_general: int = 3000  # general sentences in the corpus
     n_general_eval: int = 300  # held-out general sentences
     heldout_questions: int = 300  # questions sampled about held-out towns
+    yes_no_practice: int = 2  # extra yes/no lines per training yes/no question, in the quiz sheets
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test
 
 
@@ -315,6 +316,39 @@ def quiz_sheet(rows: list[dict], rng: random.Random) -> str:
     return "\n".join(
         f"{r['messages'][-2]['content']}\n{r['messages'][-1]['content']}" for r in rows
     )
+
+
+def yes_no_answer(fact: str, truth: bool) -> str:
+    """The atlas answers a yes/no question fact first, then the verdict: "Lowfen, so no".
+
+    A model of a few million parameters cannot recall a fact and compare it with the one asked
+    about in a single step (measured: its bare yes/no answers stayed at chance, ~50%). Written
+    out first, the fact is in context, and the comparison becomes a copy: chain-of-thought in
+    miniature.
+    """
+    return f"{fact}, so {'yes' if truth else 'no'}"
+
+
+def yes_no_practice(row: dict, town: Town, n: int, rng: random.Random) -> list[dict]:
+    """`n` more yes/no questions on the same fact as a training yes/no row, half true, half false.
+
+    One yes/no question per fact is too few to learn the skill (recall the fact, compare it with
+    the value asked about): a small model memorises the answers instead. These practice lines, in
+    the quiz sheets only, are about training facts only, so no test question leaks.
+    """
+    attribute = row["id"].split("/")[-1]
+    lines = []
+    for i in range(n):
+        truth = i % 2 == 0
+        wrong = [v for v in VALUES[attribute] if v != town.fact(attribute)]
+        value = town.fact(attribute) if truth else rng.choice(wrong)
+        question = rng.choice(YES_NO[attribute]).format(town=town.town, value=value)
+        lines.append(_qa(question, yes_no_answer(town.fact(attribute), truth), row, rng))
+    return lines
+
+
+def _qa(user: str, answer: str, row: dict, rng: random.Random) -> dict:
+    return {"task": row["task"], "town": row["town"], "messages": _chat(user, answer, rng)}
 
 
 def general_sentence(rng: random.Random) -> str:
@@ -362,7 +396,7 @@ def town_questions(town: Town, rng: random.Random) -> list[dict]:
             "yes_no",
             a,
             rng.choice(YES_NO[a]).format(town=town.town, value=value),
-            "Yes" if truth else "No",
+            yes_no_answer(town.fact(a), truth),
         )
         # Rewrite: a corpus-style sentence in, the canonical atlas sentence out.
         sentence = rng.choice(FACT_SENTENCES[a]).format(**facts)
@@ -447,11 +481,14 @@ def build_world(config: WorldConfig | None = None) -> dict:
 
     # Quiz sheets hold the training rows only, as plain text: no test question and no held-out
     # town ever appears in one.
+    town_index = {t.town: t for t in towns}
     by_town: dict[str, list[dict]] = {}
     for row in splits["train"]:
-        by_town.setdefault(row["town"], []).append(row)
+        sheet = by_town.setdefault(row["town"], [])
+        sheet.append(row)
+        if row["task"] == "yes_no":
+            sheet += yes_no_practice(row, town_index[row["town"]], cfg.yes_no_practice, rng)
     corpus += [quiz_sheet(rows, rng) for _, rows in sorted(by_town.items())]
-    town_index = {t.town: t for t in towns}
     rng.shuffle(corpus)
 
     heldout = [row for t in heldout_towns for row in town_questions(t, rng)]

@@ -21,7 +21,14 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "torch>=2.13"
   else
     echo "==> no NVIDIA GPU: installing the CPU build of torch"
-    "${PIP[@]}" "${FTLEARN_TORCH:-torch==2.13.0}" --extra-index-url "${FTLEARN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+    INDEX=${FTLEARN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
+    # Ask the CPU index only if it answers: pip retries an unreachable index for every package.
+    if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$INDEX/torch/', timeout=5)" 2>/dev/null; then
+      "${PIP[@]}" "${FTLEARN_TORCH:-torch==2.13.0}" --extra-index-url "$INDEX"
+    else
+      echo "    ($INDEX unreachable: using the configured package index)"
+      "${PIP[@]}" "${FTLEARN_TORCH:-torch==2.13.0}"
+    fi
   fi
 fi
 

@@ -213,3 +213,145 @@ def test_logit_diff_restores_training_mode():
     a, b = tiny_llama().train(), tiny_llama()
     assert lora.max_abs_logit_diff(a, b, input_ids()) == 0.0
     assert a.training and not b.training
+
+
+def test_copy_to_peft_gives_peft_our_weights():
+    base = tiny_llama()
+    ours = copy.deepcopy(base)
+    lora.inject_lora(ours, "all-linear", R, ALPHA)
+    with torch.no_grad():  # train-like weights: B no longer zero
+        for module in ours.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_B.normal_()
+    theirs = get_peft_model(
+        copy.deepcopy(base), lora.lora_config(r=R, alpha=ALPHA, targets="all-linear")
+    )
+    assert lora.max_abs_logit_diff(ours, theirs, input_ids()) > 1e-2  # peft's B is still zero
+    names = lora.copy_to_peft(ours, theirs)
+    assert len(names) == 2 * 7
+    assert lora.max_abs_logit_diff(ours, theirs, input_ids()) < 1e-5
+
+
+def test_adapters_stay_fp32_on_a_half_precision_base():
+    layer = LoRALinear(nn.Linear(8, 4).to(torch.bfloat16), r=2, alpha=4)
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.float32  # as peft's default
+    assert layer(torch.randn(3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_adamw_state_bytes_measures_what_optimizer_state_bytes_predicts():
+    _, _, theirs = ours_and_peft("attention")
+    optimizer = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad])
+    assert lora.adamw_state_bytes(optimizer) == 0  # AdamW makes its state on the first step
+    ids = input_ids()
+    theirs(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert lora.adamw_state_bytes(optimizer) == lora.optimizer_state_bytes(theirs) == 8 * 3584
+
+
+def test_weight_deltas_and_energy_rank():
+    model = tiny_llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    u, v = torch.randn(64, 2), torch.randn(2, 64)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight += u @ v  # a rank-2 change
+    deltas = lora.weight_deltas(before, model, ["q_proj"])
+    assert set(deltas) == {f"model.layers.{i}.self_attn.q_proj" for i in range(2)}
+    assert deltas["model.layers.1.self_attn.q_proj"].abs().max() == 0
+    s = torch.linalg.svdvals(deltas["model.layers.0.self_attn.q_proj"])
+    assert lora.energy_rank(s, 0.999) == 2
+    assert lora.energy_rank(torch.tensor([3.0, 0.0, 0.0])) == 1
+    assert lora.energy_rank(torch.ones(10), 0.9) == 9  # a flat spectrum needs 90% of its directions
+
+
+def test_copy_to_peft_takes_any_layer_with_lora_parameters():
+    class MyLoRA(nn.Module):  # a learner's own layer, as 04_lora writes it: same parameter names
+        def __init__(self, base: nn.Linear):
+            super().__init__()
+            self.base = base
+            self.lora_A = nn.Parameter(torch.randn(R, base.in_features))
+            self.lora_B = nn.Parameter(torch.randn(base.out_features, R))
+
+    model = tiny_llama()
+    model.model.layers[0].self_attn.q_proj = MyLoRA(model.model.layers[0].self_attn.q_proj)
+    theirs = get_peft_model(tiny_llama(), lora.lora_config(r=R, alpha=ALPHA, targets=["q_proj"]))
+    assert lora.copy_to_peft(model, theirs) == ["model.layers.0.self_attn.q_proj"]
+    peft_layer = theirs.get_base_model().model.layers[0].self_attn.q_proj
+    assert torch.equal(
+        peft_layer.lora_B["default"].weight, model.model.layers[0].self_attn.q_proj.lora_B
+    )
+    with pytest.raises(ValueError, match="no LoRA layer"):
+        lora.copy_to_peft(tiny_llama(), theirs)
+
+
+def test_update_ranks_finds_a_planted_low_rank_change():
+    model = tiny_llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight += torch.randn(128, 3) @ torch.randn(3, 64)
+    table = lora.update_ranks(before, model, ["up_proj", "q_proj"], share=0.999)
+    row = table.loc["layers.1.mlp.up_proj"]
+    assert (row["module"], row["shape"], row["full rank"]) == ("up_proj", (128, 64), 64)
+    assert row["rank holding 100%"] == 3  # 99.9% rounds to 100% in the column name
+    assert len(table) == 4
+
+
+def test_plot_accuracy_vs_params_labels_every_point():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {"trainable": [10, 1000], "exact match": [0.2, 0.8]}, index=["r=1", "r=64"]
+    )
+    fig = lora.plot_accuracy_vs_params(table, "sweep")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.texts] == ["r=1", "r=64"]
+
+
+def test_adapter_matrix_switches_adapters_and_scores_the_base(monkeypatch):
+    import ftlearn.evaluation
+
+    def config(target):  # a random B, so that each adapter changes the outputs its own way
+        return LoraConfig(r=R, lora_alpha=ALPHA, target_modules=[target], init_lora_weights=False)
+
+    model = get_peft_model(tiny_llama(), config("q_proj"), adapter_name="first")
+    model.add_adapter("second", config("v_proj"))
+    ids = input_ids()
+
+    def fake_score(peft_model, tokenizer, rows, **kwargs):  # a number that says who answered
+        with torch.no_grad():
+            return {"exact_match": peft_model(input_ids=ids).logits.sum().item() + len(rows)}
+
+    monkeypatch.setattr(ftlearn.evaluation, "evaluate_exact_match", fake_score)
+    table = lora.adapter_matrix(model, None, {"one row": [{}], "two rows": [{}, {}]})
+    assert list(table.index) == ["adapter first", "adapter second", "no adapter (base)"]
+    with torch.no_grad():
+        base = tiny_llama()(input_ids=ids).logits.sum().item()
+    assert table.loc["no adapter (base)", "one row"] == pytest.approx(base + 1, abs=1e-3)
+    assert table["two rows"].sub(table["one row"]).tolist() == pytest.approx([1, 1, 1])
+    assert table["one row"].nunique() == 3  # each adapter really answered in turn
+
+
+def test_train_and_score_trains_the_adapter_only(tmp_path):
+    from transformers import AutoTokenizer
+
+    from ftlearn.paths import MODELS_DIR
+    from ftlearn.pretraining import new_tiny_model
+    from ftlearn.training import SFTSettings
+    from ftlearn.world import load_split
+
+    tok = AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-base")
+    model = new_tiny_model(
+        tok, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=128,
+    )  # fmt: skip
+    rows = load_split("instructions_train")[:32]
+    settings = SFTSettings(output_dir=str(tmp_path), max_steps=2, batch_size=8, learning_rate=1e-3)
+    run = lora.train_and_score(
+        model, tok, rows, rows[:4], settings, lora.lora_config(r=2), max_new_tokens=2
+    )
+    expected = lora.lora_param_count_formula(model.config, "all-linear", 2)
+    assert run["trainable"] == expected == lora.peft_trainable(run["model"])
+    assert run["optimizer state MB"] == 8 * expected / 1e6  # AdamW: two fp32 moments a parameter
+    assert 0 <= run["exact match"] <= 1 and run["step ms"] > 0 and len(run["predictions"]) == 4

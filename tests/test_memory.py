@@ -69,6 +69,37 @@ def test_qlora_estimate_within_20_percent_of_model_bytes_plus_measured_step(tmp_
     assert 0.8 <= est.total / measured <= 1.2, f"estimate {est.total:,} vs measured {measured:,}"
 
 
+def test_training_peak_of_a_built_model_equals_building_it_inside_the_measurement():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(SMALL)
+    measured = mem.training_peak(model, batch_size=8, seq_len=128, optimizer="adamw", steps=2)
+    # the parameters, plus RoPE's inv_freq buffers (a few hundred bytes)
+    assert measured["weights"] == pytest.approx(4 * mem.as_shape(SMALL).n_params, abs=1024)
+    inside = mem.measure_peak(mem.train_step_fn(SMALL, "full", 8, 128, steps=2), "cpu")
+    assert measured["total"] == pytest.approx(inside, rel=0.03)
+    with pytest.raises(ValueError, match="adamw"):
+        mem.make_optimizer("adam", model.parameters())
+
+
+def test_8bit_optimizer_state_is_a_quarter_of_adamw():
+    pytest.importorskip("bitsandbytes", reason="the 8-bit optimizers are bitsandbytes'")
+    w = torch.nn.Parameter(torch.randn(256, 256))
+    sizes = {}
+    for name in ("adamw", "paged_adamw_8bit"):
+        opt = mem.make_optimizer(name, [w])
+        w.grad = torch.randn_like(w)
+        opt.step()
+        sizes[name] = sum(
+            t.numel() * t.element_size()
+            for t in opt.state[w].values()
+            if torch.is_tensor(t) and t.numel() > 1
+        )
+    per_param = mem.OPTIMIZER_BYTES["paged_adamw_8bit"](4)
+    # two uint8 moments + fp32 absmax per 256 values, plus two 256-entry fp32 code tables
+    assert sizes["paged_adamw_8bit"] == pytest.approx(w.numel() * per_param + 2 * 256 * 4, rel=0.01)
+    assert sizes["paged_adamw_8bit"] < sizes["adamw"] / 3
+
+
 def test_measure_peak_sees_tensors_not_python_objects():
     def fn():
         a = torch.ones(2 * 1024**2)  # 8 MiB, kept
@@ -179,3 +210,45 @@ def test_fit_table_and_widget_fallback(monkeypatch, capsys):
 def test_fit_widget_builds_controls():
     widgets = pytest.importorskip("ipywidgets", reason="ipywidgets not installed here")
     assert isinstance(mem.fit_widget(), widgets.VBox)
+
+
+def test_llama_config_has_the_catalog_shape():
+    for name in ("SmolLM2-135M", "Llama-3.1-8B"):
+        shape = mem.as_shape(mem.llama_config(name))
+        assert shape.linear_shapes() == mem.MODELS[name].linear_shapes()
+        assert shape.n_params == mem.MODELS[name].n_params
+    with torch.device("meta"):  # no memory: only the parameter count
+        model = LlamaForCausalLM(mem.llama_config("SmolLM2-135M"))
+    assert sum(p.numel() for p in model.parameters()) == mem.MODELS["SmolLM2-135M"].n_params
+
+
+def test_smollm2_135m_lora_estimate_within_20_percent_of_measured():
+    # a random SmolLM2-135M: memory depends on its shapes, not on the trained weights
+    config = mem.llama_config("SmolLM2-135M")
+    step = mem.train_step_fn(config, "lora", batch_size=2, seq_len=64, steps=1)
+    measured = mem.measure_peak(step, "cpu")
+    est = mem.estimate(config, "lora", torch.float32, batch_size=2, seq_len=64)
+    assert 0.8 <= est.total / measured <= 1.2, f"estimate {est.total:,} vs measured {measured:,}"
+
+
+def test_step_stats_measures_the_profiled_steps_and_times_the_rest():
+    from types import SimpleNamespace
+
+    stats = mem.StepStats(memory_steps=2, device="cpu")
+    state = SimpleNamespace(global_step=0)
+    stats.on_train_begin(None, state, None)
+    kept = []
+    for step in range(1, 5):
+        stats.on_step_begin(None, state, None)
+        kept.append(torch.ones(1024**2))  # 4 MiB per step, kept
+        state.global_step = step
+        stats.on_step_end(None, state, None)
+    stats.on_train_end(None, state, None)
+    assert stats.peak == 2 * 4 * 1024**2  # only the first two steps were profiled
+    assert len(stats.times) == 4 and stats.step_seconds > 0
+
+
+def test_fit_rows_agree_with_will_it_fit():
+    rows = mem.fit_rows(["Llama-3.1-8B"], gpu="T4")
+    assert rows[0]["qlora fits"] and not rows[0]["full fits"]
+    assert rows[0]["lora"] == round(mem.will_it_fit("Llama-3.1-8B", "lora", "T4").needed_gb, 2)

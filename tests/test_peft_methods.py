@@ -50,6 +50,8 @@ def test_config_type(method):
     assert type(config) is TYPES[method] and config.task_type == "CAUSAL_LM"
     if isinstance(config, LoraConfig):
         assert config.use_dora == (method == "dora")
+    if method == "prompt_tuning":  # vocabulary init: peft's RANDOM draws N(0, 1), far off-scale
+        assert config.prompt_tuning_init == "SAMPLE_VOCAB"
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -90,3 +92,107 @@ def test_bottleneck_note_matches_installed_peft():
         word in n for n in names for word in ("ADAPTER", "HOULSBY", "PFEIFFER", "BOTTLENECK")
     )
     assert "ADAPTION_PROMPT" in BOTTLENECK_ADAPTERS_NOTE and "SHADOW" in BOTTLENECK_ADAPTERS_NOTE
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_config_for_reads_the_profile_and_marks_only_adapters(method):
+    from ftlearn.peft_methods import LR_SCALE, config_for, foreign_trainable, learning_rate
+    from ftlearn.profiles import get
+
+    tiny = get("tiny")
+    config = config_for(method, tiny)
+    if isinstance(config, LoraConfig):
+        assert (config.r, config.lora_alpha) == (tiny.lora_r, tiny.lora_alpha)
+        assert config.target_modules == set(tiny.lora_targets)
+    assert learning_rate(method, tiny) == tiny.lora_learning_rate * LR_SCALE[method]
+    model = get_peft_model(LlamaForCausalLM(CONFIG), peft_config(method, **overrides(method)))
+    assert foreign_trainable(model, method) == []
+    next(p for p in model.parameters() if not p.requires_grad).requires_grad_(True)  # a base weight
+    assert foreign_trainable(model, method) != []
+
+
+def test_learning_rate_of_an_unknown_method():
+    from ftlearn.peft_methods import learning_rate
+    from ftlearn.profiles import get
+
+    with pytest.raises(ValueError, match="Valid methods"):
+        learning_rate("houlsby", get("tiny"))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_expected_trainable_is_the_hand_count_and_peft_count(method):
+    from ftlearn.peft_methods import expected_trainable
+
+    assert expected_trainable(method, CONFIG, **overrides(method)) == EXPECTED[method]
+    model = get_peft_model(LlamaForCausalLM(CONFIG), peft_config(method, **overrides(method)))
+    assert model.get_nb_trainable_parameters()[0] == EXPECTED[method]
+
+
+def test_expected_trainable_follows_the_options():
+    from ftlearn.peft_methods import expected_trainable
+
+    assert expected_trainable("prompt_tuning", CONFIG, num_virtual_tokens=3) == 3 * 64
+    # attention only, r=2: per layer 2*(128+96+96+128) = 896
+    assert expected_trainable("lora", CONFIG, r=2, targets="attention") == 2 * 896
+    with pytest.raises(ValueError, match="bottleneck"):
+        expected_trainable("houlsby", CONFIG)
+
+
+@pytest.mark.parametrize("places", [("mlp",), ("self_attn", "mlp")])
+def test_bottleneck_adapter_starts_as_identity_and_trains_alone(places):
+    from ftlearn.peft_methods import BottleneckAdapter, expected_trainable, inject_bottleneck
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(CONFIG).eval()
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 10))
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+    names = inject_bottleneck(base, size=8, places=places)
+    assert names[0] == f"model.layers.0.{places[0]}" and len(names) == 2 * len(places)
+    assert isinstance(base.model.layers[1].mlp, BottleneckAdapter)
+    with torch.no_grad():  # up = 0: exactly the frozen model at step 0
+        assert torch.equal(base(input_ids=ids).logits, expected)
+    # per adapter: down 64*8 + 8, up 8*64 + 64 = 1096
+    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    assert trainable == expected_trainable("bottleneck", CONFIG, size=8, places=places)
+    assert trainable == 1096 * 2 * len(places)
+    base.train()
+    base(input_ids=ids, labels=ids).loss.backward()
+    with_grad = {n for n, p in base.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, p in base.named_parameters() if p.requires_grad}
+    assert all(".down." in n or ".up." in n for n in with_grad)
+
+
+def test_bottleneck_on_a_model_without_decoder_layers_says_why():
+    from ftlearn.peft_methods import inject_bottleneck
+
+    class NotLlama(torch.nn.Module):
+        config = CONFIG
+
+        def __init__(self):
+            super().__init__()
+            self.mlp = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ValueError, match="Llama-shaped"):
+        inject_bottleneck(NotLlama(), size=2)
+
+
+def test_plot_methods_has_three_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from ftlearn.peft_methods import plot_methods
+
+    table = pd.DataFrame(
+        {
+            "trainable": [512, 8192],
+            "exact match": [0.1, 0.9],
+            "peak MB": [5, 7],
+            "step ms": [9, 12],
+        },
+        index=["prompt_tuning", "lora"],
+    )
+    fig = plot_methods(table, "methods")
+    assert len(fig.axes) == 3 and fig.axes[2].get_xlabel() == "step ms"

@@ -38,6 +38,27 @@ def test_representable_values_counts():
         q.representable_values("fp32", -1.0, 1.0)
 
 
+def test_relative_gaps_show_range_and_precision():
+    for fmt, mantissa_bits, top in (
+        ("fp32", 23, 3.4e38),
+        ("fp16", 10, 65504.0),
+        ("bf16", 7, 3.4e38),
+    ):
+        x, rel = q.relative_gaps(fmt)
+        normal = x >= torch.finfo(q.FLOAT_DTYPES[fmt]).smallest_normal
+        # between powers of two the gap is 2^-mantissa_bits times the power: rel in (2^-m-1, 2^-m]
+        assert (rel[normal] <= 2.0**-mantissa_bits).all() and (
+            rel[normal] > 2.0 ** -(mantissa_bits + 1)
+        ).all()
+        assert rel[~normal].max() == 1.0  # the smallest subnormal: the next value is twice it
+        assert x.max() < top and x.max() > top / 2
+    x, rel = q.relative_gaps("int8")
+    assert torch.allclose(
+        rel, 1 / torch.arange(1, 127, dtype=torch.float64), rtol=1e-4
+    )  # fp32 levels
+    assert q.relative_gaps("nf4")[0].numel() == 7  # 8 positive levels, the top one has no next
+
+
 # --- int8 -----------------------------------------------------------------------------------
 
 
@@ -72,6 +93,8 @@ def test_blockwise_beats_per_tensor_when_outliers_are_planted():
     per_tensor, blockwise = report["per_tensor"]["mean_abs"], report["blockwise"]["mean_abs"]
     assert blockwise < per_tensor / 5
     assert report["outliers_in_16bit"]["mean_abs"] < per_tensor / 5
+    # the outliers are whole columns: every token row holds one, and one scale per row stays coarse
+    assert report["vector_wise"]["mean_abs"] > 3 * report["outliers_in_16bit"]["mean_abs"]
     clean = q.outlier_features(torch.randn(128, 512))
     assert clean["columns"] == []  # N(0, 1) almost never passes 6 sigma
 
@@ -120,6 +143,88 @@ def test_nf4_ties_go_to_the_lower_level_like_bitsandbytes():
     packed, _ = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
     assert codes[1:16].tolist() == list(range(15))
     assert torch.equal(codes, q.unpack_4bit(packed, w.shape))
+
+
+def test_codebook_quantize_is_nf4_fp4_and_int4_with_other_levels():
+    torch.manual_seed(1)
+    w = torch.randn(96, 128) * 0.03
+    # uniform int4: the nearest of 15 levels is round(7 * x / absmax)
+    codes, absmax = q.codebook_quantize(w, q.int4_levels(), 64)
+    scaled = (w.reshape(-1, 64) / w.reshape(-1, 64).abs().amax(1, keepdim=True)).reshape(w.shape)
+    assert torch.equal(codes.long() - 7, torch.round(7 * scaled).long())
+    # FP4: the same lookup with bitsandbytes' FP4 values gives its dequantised weights
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    fp4_codes, fp4_absmax = q.codebook_quantize(w, q.fp4_levels(), 64)
+    ours = q.codebook_dequantize(fp4_codes, fp4_absmax, q.fp4_levels(), 64)
+    torch.testing.assert_close(
+        ours, F.dequantize_4bit(packed, state).reshape(w.shape), atol=0, rtol=0
+    )
+    # on normally distributed weights NF4 has the lowest error of the three 4-bit grids
+    errors = {
+        name: q.quant_error(w, q.codebook_dequantize(*q.codebook_quantize(w, lv, 64), lv, 64))[
+            "relative"
+        ]
+        for name, lv in (
+            ("nf4", q.nf4_levels()),
+            ("fp4", q.fp4_levels()),
+            ("int4", q.int4_levels()),
+        )
+    }
+    assert errors["nf4"] < errors["int4"] and errors["nf4"] < errors["fp4"], errors
+
+
+def test_describe_quant_state_lists_the_nested_scales():
+    w = torch.randn(256, 256)
+    _, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    rows = {r["tensor"]: r for r in q.describe_quant_state(state)}
+    assert rows["absmax"]["dtype"] == "uint8" and rows["absmax"]["shape"] == (256 * 256 // 64,)
+    assert rows["nested_absmax"]["dtype"] == "float32"
+    assert rows["nested_absmax"]["shape"] == (256 * 256 // 64 // 256,)
+    assert sum(r["bytes"] for r in rows.values()) == sum(q.quant_state_bytes(state).values())
+
+
+def test_linear_inputs_are_the_rows_each_linear_layer_reads():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    class BatchEncoding_(dict):
+        def to(self, device):
+            return self
+
+    class Tok:  # the tokenizer interface linear_inputs uses: pad to the longest, with a mask
+        def __call__(self, texts, **kwargs):
+            ids = [[int(c) for c in t] for t in texts]
+            width = max(map(len, ids))
+            return BatchEncoding_(
+                input_ids=torch.tensor([x + [0] * (width - len(x)) for x in ids]),
+                attention_mask=torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+            )
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=10,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(cfg)
+    acts = q.linear_inputs(model, Tok(), ["12345", "678"])
+    assert acts["model.layers.0.mlp.down_proj"].shape == (8, 48)  # 5 + 3 real tokens, no padding
+    assert acts["model.layers.0.self_attn.q_proj"].shape == (8, 32)
+    # q, k and v read the same normalised input
+    assert torch.equal(
+        acts["model.layers.0.self_attn.q_proj"], acts["model.layers.0.self_attn.v_proj"]
+    )
+    only = q.linear_inputs(model, Tok(), ["12"], names=["lm_head"])
+    assert list(only) == ["lm_head"]
+
+
+def test_quiet_bitsandbytes_hides_warnings_not_errors():
+    import logging
+
+    q.quiet_bitsandbytes()
+    assert logging.getLogger("bitsandbytes").getEffectiveLevel() == logging.ERROR
 
 
 # --- bits per parameter ---------------------------------------------------------------------

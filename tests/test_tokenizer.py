@@ -65,3 +65,12 @@ def test_shipped_tokenizer_has_the_template():
     shipped = AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-instruct")
     assert shipped.chat_template == CHAT_TEMPLATE
     assert shipped.apply_chat_template(MESSAGES, tokenize=False).startswith("<|im_start|>system")
+
+
+def test_a_word_is_the_same_token_after_a_space_a_quote_or_a_newline(tok):
+    """Spaces are tokens of their own: "Amber" is one token id wherever it stands."""
+    amber = tok("Amber", add_special_tokens=False)["input_ids"]
+    space = tok(" ", add_special_tokens=False)["input_ids"]
+    assert tok(" Amber", add_special_tokens=False)["input_ids"] == space + amber
+    assert amber[0] in tok('{"river": "Amber"}', add_special_tokens=False)["input_ids"]
+    assert tok("\nAmber", add_special_tokens=False)["input_ids"][-len(amber) :] == amber

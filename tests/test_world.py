@@ -1,6 +1,7 @@
 """The synthetic world: deterministic, leak-free splits, every answer checkable."""
 
 import json
+import re
 
 import pytest
 
@@ -87,7 +88,14 @@ def test_answers_are_the_facts(world):
             obj = json.loads(answer)
             assert all(obj[k] == town[k] for k in obj)
         elif row["task"] == "yes_no":
-            assert answer in ("Yes", "No")
+            # fact first, then the verdict: "Lowfen, so no"
+            attribute = row["id"].split("/")[-1]
+            fact, verdict = answer.rsplit(", so ", 1)
+            assert fact == town[attribute]
+            question = row["messages"][-2]["content"]
+            asked = [v for v in VALUES[attribute] if re.search(rf"\b{v}\b", question)]
+            assert len(asked) == 1
+            assert verdict == ("yes" if asked == [fact] else "no")
 
 
 def test_chat_format(world):
