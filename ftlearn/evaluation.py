@@ -151,6 +151,40 @@ def perplexity(
     return math.exp(total_loss / max(total_tokens, 1))
 
 
+@torch.no_grad()
+def answer_perplexity(model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> float:
+    """Perplexity of the reference answers given their prompts: exp of the mean loss per answer token.
+
+    The answer tokens are those SFT trains on (`ftlearn.training.to_dataset`): what the chat
+    template adds after the prompt rendered with `add_generation_prompt=True`.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        ids, labels = [], []
+        for row in rows[i : i + batch_size]:
+            prompt = tokenizer.apply_chat_template(
+                row["messages"][:-1], add_generation_prompt=True, return_dict=False
+            )
+            chat = tokenizer.apply_chat_template(row["messages"], return_dict=False)
+            ids.append(chat)
+            labels.append([-100] * len(prompt) + chat[len(prompt) :])
+        width, pad = max(map(len, ids)), tokenizer.pad_token_id
+        lengths = torch.tensor([len(x) for x in ids], device=device)
+        # right padding: the real tokens keep positions 0..n-1, and causal attention never sees the pad
+        mask = (torch.arange(width, device=device) < lengths[:, None]).long()
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+        target = torch.tensor([y + [-100] * (width - len(y)) for y in labels], device=device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target[:, 1:].reshape(-1), reduction="sum"
+        )
+        total_loss += loss.item()
+        total_tokens += int((target[:, 1:] != -100).sum())
+    return math.exp(total_loss / max(total_tokens, 1))
+
+
 def side_by_side(prompts: Sequence[str], columns: dict[str, Sequence[str]], width: int = 40) -> str:
     """A plain-text table: one row per prompt, one column per model's answer."""
     headers = ["prompt", *columns]
@@ -172,7 +206,7 @@ FACT_PROBES = {
     "region": "{town} is a town in",
     "river": "{town} sits beside the river",
     "export": "The main export of {town} is",
-    "emblem": "The emblem of {town} is a",
+    "emblem": "The emblem of {town} is the",
     "festival": "{town} holds its great festival in",
 }
 
@@ -181,7 +215,7 @@ FACT_PROBES = {
 def fact_recall(model, tokenizer, towns: Sequence[dict], attributes=tuple(FACT_PROBES)) -> float:
     """Share of facts the model completes correctly from a corpus-style opening (no chat template).
 
-    E.g. "The emblem of Varholt is a" -> "heron". Measures knowledge from pre-training, so it
+    E.g. "The emblem of Varholt is the" -> "heron". Measures knowledge from pre-training, so it
     shows forgetting when fine-tuning overwrites it.
     """
     prompts, answers = [], []
