@@ -5,3 +5,9 @@ data (02), training and evaluation (03), lora (04), quantization and memory (05-
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes 0.50 on a CPU with AVX-512 BF16 tries, at import, to fetch an optional fast kernel
+# from the model hub and warns when it cannot (always, offline). Its own CPU path works the same.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
