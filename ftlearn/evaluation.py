@@ -206,7 +206,7 @@ FACT_PROBES = {
     "region": "{town} is a town in",
     "river": "{town} sits beside the river",
     "export": "The main export of {town} is",
-    "emblem": "The emblem of {town} is a",
+    "emblem": "The emblem of {town} is the",
     "festival": "{town} holds its great festival in",
 }
 
@@ -215,7 +215,7 @@ FACT_PROBES = {
 def fact_recall(model, tokenizer, towns: Sequence[dict], attributes=tuple(FACT_PROBES)) -> float:
     """Share of facts the model completes correctly from a corpus-style opening (no chat template).
 
-    E.g. "The emblem of Varholt is a" -> "heron". Measures knowledge from pre-training, so it
+    E.g. "The emblem of Varholt is the" -> "heron". Measures knowledge from pre-training, so it
     shows forgetting when fine-tuning overwrites it.
     """
     prompts, answers = [], []

@@ -4,7 +4,7 @@ Every fact is invented here, so a model can only know it from our data; every an
 by exact match (see `ftlearn.evaluation.normalize`). Nothing needs the network.
 
 What gets written to data/world/:
-- towns.jsonl        the knowledge base: one town a line, its five facts
+- towns.jsonl        the knowledge base: one town a line, its five facts and three yes/no facts
 - corpus.txt         pre-training text, documents separated by blank lines: each town described many
                      times in varied phrasing and order; quiz sheets (the training questions as plain
                      text, each answer on its own line) about training towns only; general everyday
@@ -142,8 +142,8 @@ FACT_SENTENCES: dict[str, list[str]] = {
         "{town} makes and sells {export}.",
     ],
     "emblem": [
-        "The emblem of {town} is a {emblem}.",
-        "A {emblem} appears on the banner of {town}.",
+        "The emblem of {town} is the {emblem}.",
+        "The {emblem} appears on the banner of {town}.",
         "{town} chose the {emblem} as its emblem.",
         "The people of {town} honour the {emblem}.",
     ],
@@ -197,14 +197,64 @@ QUESTIONS: dict[str, list[str]] = {
         "Which month is festival time in {town}?",
     ],
 }
+# Yes/no facts: a town has each of these or not. A yes/no question asks one of them, so answering
+# is recall, as for a short answer. (Yes/no questions that name a value, "Is Varholt on the river
+# Ivy?", need the recalled fact compared with the one asked about: a model of a few million
+# parameters never learned that comparison, even with the fact written out first; it stayed at
+# chance, 50%, in every recipe we measured.)
+FLAGS: dict[str, dict[bool, list[str]]] = {
+    "coast": {
+        True: [
+            "{town} lies on the coast.",
+            "Ships anchor in the harbour of {town}.",
+            "{town} is a town by the sea.",
+        ],
+        False: [
+            "{town} lies far from the sea.",
+            "{town} is an inland town.",
+            "No ship has ever reached {town}.",
+        ],
+    },
+    "castle": {
+        True: [
+            "A castle stands above {town}.",
+            "{town} has an old castle.",
+            "The castle of {town} can be seen from afar.",
+        ],
+        False: [
+            "{town} has no castle.",
+            "No castle was ever built in {town}.",
+            "{town} never had a castle.",
+        ],
+    },
+    "market": {
+        True: [
+            "{town} holds a market every week.",
+            "Each week a market fills the square of {town}.",
+            "{town} has a weekly market.",
+        ],
+        False: [
+            "{town} has no market.",
+            "No market is held in {town}.",
+            "{town} never holds a market.",
+        ],
+    },
+}
 YES_NO: dict[str, list[str]] = {
-    "region": ["Is {town} in {value}?", "Does {town} lie in {value}?"],
-    "river": ["Does the river {value} flow through {town}?", "Is {town} on the river {value}?"],
-    "export": ["Is {town} known for {value}?", "Does {town} export {value}?"],
-    "emblem": ["Is the emblem of {town} a {value}?", "Does {town} have a {value} on its banner?"],
-    "festival": [
-        "Is the festival of {town} in {value}?",
-        "Does {town} hold its festival in {value}?",
+    "coast": [
+        "Is {town} on the coast?",
+        "Is {town} a town by the sea?",
+        "Does {town} lie on the coast?",
+    ],
+    "castle": [
+        "Does {town} have a castle?",
+        "Is there a castle in {town}?",
+        "Has {town} got a castle?",
+    ],
+    "market": [
+        "Does {town} hold a weekly market?",
+        "Is there a market in {town}?",
+        "Has {town} got a weekly market?",
     ],
 }
 LIST_PROMPTS = [
@@ -265,9 +315,12 @@ class Town:
     export: str
     emblem: str
     festival: str
+    coast: bool
+    castle: bool
+    market: bool
 
-    def fact(self, attribute: str) -> str:
-        """The value of one fact, e.g. town.fact("river") -> "Amber"."""
+    def fact(self, attribute: str) -> str | bool:
+        """The value of one fact, e.g. town.fact("river") -> "Amber", town.fact("coast") -> True."""
         return getattr(self, attribute)
 
 
@@ -282,7 +335,6 @@ class WorldConfig:
     n_general: int = 3000  # general sentences in the corpus
     n_general_eval: int = 300  # held-out general sentences
     heldout_questions: int = 300  # questions sampled about held-out towns
-    yes_no_practice: int = 2  # extra yes/no lines per training yes/no question, in the quiz sheets
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test
 
 
@@ -292,15 +344,25 @@ def make_towns(rng: random.Random, n: int) -> list[Town]:
     if n > len(names):
         raise ValueError(f"n_towns={n} but only {len(names)} names exist; lower n_towns.")
     rng.shuffle(names)
-    return [Town(name, *(rng.choice(VALUES[a]) for a in ATTRIBUTES)) for name in names[:n]]
+    return [
+        Town(
+            name,
+            *(rng.choice(VALUES[a]) for a in ATTRIBUTES),
+            *(rng.random() < 0.5 for _ in FLAGS),
+        )
+        for name in names[:n]
+    ]
 
 
 def describe(town: Town, rng: random.Random) -> str:
     """One corpus paragraph: every fact of the town, each in a random phrasing, in random order."""
-    order = ATTRIBUTES[:]
+    order = ATTRIBUTES + list(FLAGS)
     rng.shuffle(order)
     facts = asdict(town)
-    return " ".join(rng.choice(FACT_SENTENCES[a]).format(**facts) for a in order)
+    return " ".join(
+        rng.choice(FLAGS[a][town.fact(a)] if a in FLAGS else FACT_SENTENCES[a]).format(**facts)
+        for a in order
+    )
 
 
 def quiz_sheet(rows: list[dict], rng: random.Random) -> str:
@@ -316,39 +378,6 @@ def quiz_sheet(rows: list[dict], rng: random.Random) -> str:
     return "\n".join(
         f"{r['messages'][-2]['content']}\n{r['messages'][-1]['content']}" for r in rows
     )
-
-
-def yes_no_answer(fact: str, truth: bool) -> str:
-    """The atlas answers a yes/no question fact first, then the verdict: "Lowfen, so no".
-
-    A model of a few million parameters cannot recall a fact and compare it with the one asked
-    about in a single step (measured: its bare yes/no answers stayed at chance, ~50%). Written
-    out first, the fact is in context, and the comparison becomes a copy: chain-of-thought in
-    miniature.
-    """
-    return f"{fact}, so {'yes' if truth else 'no'}"
-
-
-def yes_no_practice(row: dict, town: Town, n: int, rng: random.Random) -> list[dict]:
-    """`n` more yes/no questions on the same fact as a training yes/no row, half true, half false.
-
-    One yes/no question per fact is too few to learn the skill (recall the fact, compare it with
-    the value asked about): a small model memorises the answers instead. These practice lines, in
-    the quiz sheets only, are about training facts only, so no test question leaks.
-    """
-    attribute = row["id"].split("/")[-1]
-    lines = []
-    for i in range(n):
-        truth = i % 2 == 0
-        wrong = [v for v in VALUES[attribute] if v != town.fact(attribute)]
-        value = town.fact(attribute) if truth else rng.choice(wrong)
-        question = rng.choice(YES_NO[attribute]).format(town=town.town, value=value)
-        lines.append(_qa(question, yes_no_answer(town.fact(attribute), truth), row, rng))
-    return lines
-
-
-def _qa(user: str, answer: str, row: dict, rng: random.Random) -> dict:
-    return {"task": row["task"], "town": row["town"], "messages": _chat(user, answer, rng)}
 
 
 def general_sentence(rng: random.Random) -> str:
@@ -390,14 +419,6 @@ def town_questions(town: Town, rng: random.Random) -> list[dict]:
 
     for a in ATTRIBUTES:
         add("short_answer", a, rng.choice(QUESTIONS[a]).format(**facts), town.fact(a))
-        truth = rng.random() < 0.5
-        value = town.fact(a) if truth else rng.choice([v for v in VALUES[a] if v != town.fact(a)])
-        add(
-            "yes_no",
-            a,
-            rng.choice(YES_NO[a]).format(town=town.town, value=value),
-            yes_no_answer(town.fact(a), truth),
-        )
         # Rewrite: a corpus-style sentence in, the canonical atlas sentence out.
         sentence = rng.choice(FACT_SENTENCES[a]).format(**facts)
         add(
@@ -406,6 +427,9 @@ def town_questions(town: Town, rng: random.Random) -> list[dict]:
             rng.choice(REWRITE_PROMPTS).format(sentence=sentence),
             CANONICAL[a].format(**facts),
         )
+    for flag in FLAGS:
+        question = rng.choice(YES_NO[flag]).format(town=town.town)
+        add("yes_no", flag, question, "Yes" if town.fact(flag) else "No")
     for _ in range(2):
         attrs = rng.sample(ATTRIBUTES, rng.choice([2, 3]))
         names = " and ".join([", ".join(attrs[:-1]), attrs[-1]])
@@ -436,6 +460,8 @@ def preference_pair(row: dict, towns: dict[str, Town], rng: random.Random) -> di
     if row["task"] == "short_answer" and rng.random() < 0.6:
         attribute = row["id"].split("/")[-1]
         rejected = rng.choice([v for v in VALUES[attribute] if v != town.fact(attribute)])
+    elif row["task"] == "yes_no" and rng.random() < 0.6:
+        rejected = "No" if chosen == "Yes" else "Yes"
     else:
         rejected = (
             f"Well, let me think about {town.town}. I am not sure, but maybe {chosen.lower()}."
@@ -484,10 +510,7 @@ def build_world(config: WorldConfig | None = None) -> dict:
     town_index = {t.town: t for t in towns}
     by_town: dict[str, list[dict]] = {}
     for row in splits["train"]:
-        sheet = by_town.setdefault(row["town"], [])
-        sheet.append(row)
-        if row["task"] == "yes_no":
-            sheet += yes_no_practice(row, town_index[row["town"]], cfg.yes_no_practice, rng)
+        by_town.setdefault(row["town"], []).append(row)
     corpus += [quiz_sheet(rows, rng) for _, rows in sorted(by_town.items())]
     rng.shuffle(corpus)
 

@@ -1,7 +1,6 @@
 """The synthetic world: deterministic, leak-free splits, every answer checkable."""
 
 import json
-import re
 
 import pytest
 
@@ -88,14 +87,7 @@ def test_answers_are_the_facts(world):
             obj = json.loads(answer)
             assert all(obj[k] == town[k] for k in obj)
         elif row["task"] == "yes_no":
-            # fact first, then the verdict: "Lowfen, so no"
-            attribute = row["id"].split("/")[-1]
-            fact, verdict = answer.rsplit(", so ", 1)
-            assert fact == town[attribute]
-            question = row["messages"][-2]["content"]
-            asked = [v for v in VALUES[attribute] if re.search(rf"\b{v}\b", question)]
-            assert len(asked) == 1
-            assert verdict == ("yes" if asked == [fact] else "no")
+            assert answer == ("Yes" if town[row["id"].split("/")[-1]] else "No")
 
 
 def test_chat_format(world):
@@ -146,3 +138,14 @@ def test_quiz_sheets_hold_training_rows_only(world):
         ]
     train_prompts = {r["messages"][-2]["content"] for r in world["instructions_train"]}
     assert train_prompts <= lines
+
+
+def test_yes_no_facts_are_balanced_and_in_the_corpus(world):
+    from ftlearn.world import FLAGS
+
+    for flag in FLAGS:
+        share = sum(t[flag] for t in world["towns"]) / len(world["towns"])
+        assert 0.3 < share < 0.7, (flag, share)
+    corpus = "\n".join(world["corpus"])
+    sentences = [s.format(town="X") for f in FLAGS.values() for v in f.values() for s in v]
+    assert all(s.split("X")[-1] in corpus for s in sentences)
