@@ -2,7 +2,9 @@
 
 The course trains with peft (`lora_config` below + `peft.get_peft_model`); the from-scratch layer is
 kept apart from that path so a learner can read all of LoRA in one screen. tests/test_lora.py proves
-that, given the same A and B, our layer and peft's produce the same outputs.
+that, given the same A and B, our layer and peft's produce the same outputs. The last section holds
+what 04 and 07 measure with: `train_and_score`, `update_ranks`, `plot_accuracy_vs_params` and
+`adapter_matrix`.
 """
 
 from __future__ import annotations
@@ -306,10 +308,13 @@ def train_and_score(
     max_new_tokens: int = 16,
 ) -> dict:
     """Train with the course's SFTTrainer, then measure: exact match, trainable share, step time."""
+    from transformers.trainer_callback import PrinterCallback
+
     from ftlearn.evaluation import evaluate_exact_match
     from ftlearn.training import make_trainer
 
     trainer = make_trainer(model, tokenizer, train, settings, peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)  # a comparison prints its table, not every log line
     result = trainer.train()
     trained = trainer.model  # the PeftModel when peft_config was given, else `model` itself
     scores = evaluate_exact_match(
@@ -334,9 +339,9 @@ def update_ranks(
     before: dict[str, torch.Tensor],
     model: nn.Module,
     targets: str | list[str] = "all-linear",
-    share: float = 0.9,
+    shares: tuple[float, ...] = (0.5, 0.9),
 ):
-    """Per targeted weight: how many singular directions hold `share` of what training changed."""
+    """Per targeted weight: how many singular directions hold each share of what training changed."""
     import pandas as pd
 
     rows = []
@@ -348,7 +353,7 @@ def update_ranks(
                 "module": _short(name),
                 "shape": tuple(delta.shape),
                 "full rank": min(delta.shape),
-                f"rank holding {share:.0%}": energy_rank(s, share),
+                **{f"rank holding {share:.0%}": energy_rank(s, share) for share in shares},
             }
         )
     return pd.DataFrame(rows).set_index("layer")
@@ -357,17 +362,20 @@ def update_ranks(
 def plot_accuracy_vs_params(table, title: str = "", ax=None):
     """Exact match against trainable parameters (log scale), one labelled point per row of `table`."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(table["trainable"], table["exact match"], "o")
-    for label, row in table.iterrows():
-        ax.annotate(
-            str(label), (row["trainable"], row["exact match"]), xytext=(4, 4),
+    for i, (label, row) in enumerate(table.iterrows()):
+        ax.annotate(  # labels alternate above and below, so that close points stay readable
+            str(label), (row["trainable"], row["exact match"]), xytext=(4, 5 if i % 2 == 0 else -11),
             textcoords="offset points", fontsize=8,
         )  # fmt: skip
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="exact match")
-    ax.set(title=title, ylim=(-0.02, 1.05))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^4, 3x10^4... labels would overlap
+    ax.margins(x=0.2)
+    ax.set(title=title, ylim=(-0.12, 1.1))
     ax.grid(alpha=0.3)
     ax.figure.tight_layout()
     return ax.figure

@@ -288,7 +288,7 @@ def test_update_ranks_finds_a_planted_low_rank_change():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.weight += torch.randn(128, 3) @ torch.randn(3, 64)
-    table = lora.update_ranks(before, model, ["up_proj", "q_proj"], share=0.999)
+    table = lora.update_ranks(before, model, ["up_proj", "q_proj"], shares=(0.999,))
     row = table.loc["layers.1.mlp.up_proj"]
     assert (row["module"], row["shape"], row["full rank"]) == ("up_proj", (128, 64), 64)
     assert row["rank holding 100%"] == 3  # 99.9% rounds to 100% in the column name
