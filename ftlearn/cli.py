@@ -18,8 +18,28 @@ def strip(nb) -> None:
         cell.pop("id", None)
 
 
+def slowest_cells(nb, n: int = 5) -> list[tuple[int, float]]:
+    """The `n` slowest code cells of an executed notebook: (code cell number from 1, seconds)."""
+    from datetime import datetime
+
+    times = []
+    for number, cell in enumerate((c for c in nb.cells if c.cell_type == "code"), start=1):
+        stamps = cell.metadata.get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            start, end = (
+                datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                for k in ("iopub.execute_input", "shell.execute_reply")
+            )
+            times.append((number, (end - start).total_seconds()))
+    return sorted(times, key=lambda t: -t[1])[:n]
+
+
 def run_notebooks(
-    out_dir: Path | None, only: list[str] | None = None, timeout: int = 900, in_place: bool = False
+    out_dir: Path | None,
+    only: list[str] | None = None,
+    timeout: int = 900,
+    in_place: bool = False,
+    timings: bool = False,
 ) -> int:
     """Execute every notebook in order into `out_dir`, or back into notebooks/ with `in_place`."""
     import nbformat
@@ -47,9 +67,12 @@ def run_notebooks(
         except CellExecutionError as err:
             failed += 1
             status = f"FAILED: {str(err).strip().splitlines()[-1]}"
+        slow = slowest_cells(nb) if timings else []
         strip(nb)
         nbformat.write(nb, nb_path if in_place else out_dir / nb_path.name)
         print(f"{nb_path.name:40} {time.time() - start:6.0f} s  {status}", flush=True)
+        for number, seconds in slow:
+            print(f"{'':4}code cell {number:3}: {seconds:6.1f} s", flush=True)
     print(
         "executed in place (stripped, ready to commit)"
         if in_place
@@ -76,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write back into notebooks/, stripped: how notebooks are committed",
     )
+    r.add_argument("--timings", action="store_true", help="print each notebook's slowest cells")
     sub.add_parser("check", help="environment, hardware and the profile this machine gets")
     sub.add_parser("profiles", help="list the profiles")
     args = parser.parse_args(argv)
@@ -91,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         build_tiny(args.out, quick=args.quick)
         return 0
     if args.command == "run-notebooks":
-        return run_notebooks(args.out, args.only, in_place=args.in_place)
+        return run_notebooks(args.out, args.only, in_place=args.in_place, timings=args.timings)
     if args.command == "check":
         from ftlearn import environment, profiles
 

@@ -23,11 +23,21 @@ RENAMES = {
 }
 
 
+# name the course uses -> the newer name, used silently where the installed version has it
+NEWER = {
+    "gradient_checkpointing": "activation_checkpointing",  # transformers 5.2x; the old name warns until v6
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
 def make_config(cls, **kwargs):
     """Build `cls(**kwargs)` (SFTConfig, TrainingArguments, ...) after mapping renamed arguments."""
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     fixed = {}
     for key, value in kwargs.items():
+        if NEWER.get(key) in accepted:
+            fixed[NEWER[key]] = value
+            continue
         new = RENAMES.get(key, key) if key not in accepted else key
         if new is None:
             warnings.warn(f"{cls.__name__}: '{key}' no longer exists and is ignored.", stacklevel=2)

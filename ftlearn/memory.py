@@ -244,19 +244,26 @@ class MemoryEstimate:
         return self.table()
 
 
+def _trl_chunks() -> tuple[int, int]:
+    """(tokens, vocabulary entries) per tile of TRL's fused LM head, from the installed TRL."""
+    try:
+        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+        return TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE
+    except ImportError:  # an older or newer TRL: the values of TRL 1.16
+        return 4096, 32768
+
+
 def trl_loss_tile(tokens: int, dtype_bytes: int) -> int:
     """Bytes of the buffer in which TRL's SFTTrainer computes the loss (its fused, chunked LM head).
 
     TRL 1.x never builds the batch x length x vocabulary logits: it projects up to 4,096 tokens at
     a time onto 32,768 vocabulary entries at a time, in one buffer of that size whatever the
     vocabulary: ~0.5 GB in fp32 from 4,096 tokens a batch, small next to a 128k vocabulary's logits,
-    large next to a tiny model. Sizes read from the installed TRL where it has them.
+    large next to a tiny model.
     """
-    try:
-        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE as token_chunk
-        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE as vocab_chunk
-    except ImportError:  # an older or newer TRL: the values of TRL 1.16
-        token_chunk, vocab_chunk = 4096, 32768
+    token_chunk, vocab_chunk = _trl_chunks()
     return min(tokens, token_chunk) * vocab_chunk * dtype_bytes
 
 
@@ -271,6 +278,7 @@ def activation_bytes(
     gradient_checkpointing: bool = False,
     lora_dropout: float = 0.0,
     loss: str = "logits",
+    device: str = "cuda",
 ) -> dict[str, int]:
     """Bytes saved for backward, by part, in a Llama decoder trained with SDPA attention.
 
@@ -288,7 +296,8 @@ def activation_bytes(
       each adapted one keeps its input for lora_A, upcast to an fp32 copy when the model is 16-bit
       (peft keeps adapters in fp32), plus r values for lora_B. With q, v targets: 5·h + 2·kv + 3·i.
       With `lora_dropout` > 0 every adapted layer keeps its own dropped-out fp32 copy of its input
-      and dropout's 1-byte mask instead: 5 bytes per input value and adapted layer.
+      and dropout's mask instead: 1 byte per value on CUDA (a fused kernel), 4 elsewhere (on a
+      CPU torch's dropout multiplies by a mask in the input's dtype).
 
     Then the head: the final norm's input (and, in full FT, its x·rsqrt and output) and the logits.
     The loss upcasts logits to fp32 and backward holds three b·s·vocab fp32 tensors at once
@@ -296,7 +305,11 @@ def activation_bytes(
     largest single term. Gradient checkpointing keeps only each layer's input and recomputes one
     layer at a time in backward, so the peak holds one layer's activations or the head, not both.
     `loss="trl"`: TRL's SFTTrainer never builds the logits; its fused LM head works in one tile
-    (`trl_loss_tile`) plus the final hidden states and their fp32 gradient.
+    (`trl_loss_tile`) plus the final hidden states and their fp32 gradient; off CUDA, without
+    Triton, the tile's softmax and gradient run as torch ops, with ~8 fp32 temporaries the size of
+    the tile's used part (tokens x vocabulary) alive at once.
+    With checkpointing, the backward of the recomputed layer also holds its MLP's gradients (gate,
+    up and input: 2·i + h values per token) beside that layer's activations.
     The first layer's input is counted although, with a frozen embedding, LoRA does not save it.
 
     Measured on CPU (small random Llamas, batch 8 x 128), the total lands within 5% of the peak,
@@ -331,10 +344,10 @@ def activation_bytes(
         "down_proj": "mlp",
     }
     inputs = {name: shape.linear_shapes()[name][0] for name in LINEARS}
-    if (
-        not full and lora_dropout > 0
-    ):  # dropout(x) is a new fp32 tensor per adapted layer, + its mask
-        per_token["inputs of trained linears"] = 5 * sum(inputs[t] for t in targets)
+    if not full and lora_dropout > 0:
+        # dropout(x) is a new fp32 tensor per adapted layer, and its mask is kept beside it
+        mask = 1 if device == "cuda" else 4
+        per_token["inputs of trained linears"] = (4 + mask) * sum(inputs[t] for t in targets)
     elif full or p == 4:  # the saved input is the tensor itself, shared by the layers that read it
         per_token["inputs of trained linears"] = p * sum(
             inputs[n] for n in {reads[t]: t for t in targets}.values()
@@ -351,13 +364,19 @@ def activation_bytes(
         logits = 3 * tokens * shape.vocab * 4
     elif loss == "trl":
         logits = trl_loss_tile(tokens, p) + tokens * h * (p + 4)
+        if device != "cuda":
+            token_chunk, vocab_chunk = _trl_chunks()
+            logits += 8 * min(tokens, token_chunk) * min(shape.vocab, vocab_chunk) * 4
     else:
         raise ValueError(
-            f"Unknown loss '{loss}': use 'logits' (model(labels=...)) or 'trl' (SFTTrainer)."
+            f"Unknown loss '{loss}': use 'logits' (model(labels=...)) or 'trl' (TRL's SFTTrainer)."
         )
     if gradient_checkpointing:
         layers = shape.layers * tokens * h * p  # each layer's input, kept for the recomputation
-        total = layers + max(layer, head + logits)
+        workspace = (
+            tokens * (2 * i + h) * p
+        )  # the recomputed layer's MLP gradients, in its backward
+        total = layers + max(layer + workspace, head + logits)
     else:
         layers = shape.layers * layer
         total = layers + head + logits
@@ -387,6 +406,8 @@ def estimate(
     lora_targets: Iterable[str] = ("q_proj", "v_proj"),
     lora_dropout: float = 0.0,
     loss: str = "logits",
+    device: str = "cuda",
+    mixed_precision: bool = False,
 ) -> MemoryEstimate:
     """Estimate the memory of one training step for full fine-tuning, LoRA or QLoRA.
 
@@ -397,10 +418,13 @@ def estimate(
       double quantization (4.127 bits) and the rest (embeddings, head, norms) in `dtype`. LoRA
       adapters are fp32, as peft makes them.
     - gradients and optimizer state: for trainable parameters only (all, or the adapters).
-    - activations: see `activation_bytes` (`lora_dropout` and `loss` are passed on to it).
+    - activations: see `activation_bytes` (`lora_dropout`, `loss` and `device` go to it).
 
-    Where it is off: pure `dtype` training is assumed (mixed precision's fp32 master weights and
-    autocast's 16-bit weight copies are not counted); peft's prepare_model_for_kbit_training
+    `mixed_precision=True` (full fine-tuning in fp16/bf16 autocast, as the Trainer's `fp16=True`
+    or `bf16=True` does it): the weights, their gradients and AdamW's moments stay in fp32 (16 bytes
+    a parameter), the activations are in `dtype`.
+
+    Where it is off: autocast's short-lived 16-bit copies of the weights are not counted; peft's prepare_model_for_kbit_training
     upcasts QLoRA's embeddings and head to fp32 (add 2 bytes per parameter for them); multi-tensor
     (foreach) AdamW on CUDA holds ~one more copy of the trainable parameters during `step()`;
     CUDA's context and allocator fragmentation come on top (see `will_it_fit`).
@@ -410,8 +434,9 @@ def estimate(
     shape = as_shape(model)
     p = _dtype_bytes(dtype)
     if method == "full":
-        trainable, trainable_bytes = shape.n_params, p
-        weights = shape.n_params * p
+        master = 4 if mixed_precision else p  # autocast trains fp32 weights, computing in `dtype`
+        trainable, trainable_bytes = shape.n_params, master
+        weights = shape.n_params * master
     elif method in ("lora", "qlora"):
         trainable, trainable_bytes = lora_params(shape, lora_r, lora_targets), 4
         if method == "lora":
@@ -433,8 +458,11 @@ def estimate(
         gradient_checkpointing,
         lora_dropout,
         loss,
+        device,
     )
     dtype_name = str(dtype).replace("torch.", "")
+    if mixed_precision and method == "full":
+        dtype_name += " autocast, fp32 weights"
     label = (
         f"{method}, {fmt_params(shape.n_params)} params, {dtype_name}, {optimizer}, "
         f"batch {batch_size} x {seq_len} tokens{', checkpointing' if gradient_checkpointing else ''}"
@@ -741,12 +769,14 @@ def will_it_fit(
     lora_r: int = 16,
     lora_targets: Iterable[str] = "all-linear",
     overhead_gb: float = 1.0,
+    mixed_precision: bool = True,
 ) -> Fit:
     """Does fine-tuning `model` with `method` fit on `gpu` (a name in GPUS or GB)?
 
     `overhead_gb` is kept free for what `estimate` does not see: the CUDA context (~0.5 GB),
     kernels' workspaces and allocator fragmentation. The defaults are a typical QLoRA run:
-    all-linear adapters, r=16, checkpointing, paged 8-bit AdamW.
+    all-linear adapters, r=16, checkpointing, paged 8-bit AdamW; full fine-tuning is counted as it
+    runs on a GPU, in mixed precision (fp32 weights and AdamW, 16-bit activations: on a T4, fp16).
     """
     if isinstance(gpu, str):
         if gpu not in GPUS:
@@ -764,6 +794,7 @@ def will_it_fit(
         gradient_checkpointing,
         lora_r,
         lora_targets,
+        mixed_precision=mixed_precision,
     )
     available = capacity - overhead_gb
     needed = est.total / GB

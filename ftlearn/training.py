@@ -36,6 +36,7 @@ class SFTSettings:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    group_by_length: bool = False  # batches of similar lengths: far less padding (02_datasets)
     answer_only_loss: bool = True  # loss on the answer tokens only (02_datasets shows why)
     extra: dict = field(default_factory=dict)  # any other SFTConfig argument, passed through
 
@@ -89,6 +90,7 @@ def sft_config(settings: SFTSettings):
         report_to="none",  # no tracker accounts needed
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
+        **({"train_sampling_strategy": "group_by_length"} if s.group_by_length else {}),
         **s.extra,
     )
 
@@ -115,12 +117,17 @@ def make_trainer(
     validation=None,
     callbacks=None,
     peft_config=None,
+    print_logs: bool = False,
 ):
-    """An SFTTrainer for `model` on chat rows `train` (and `validation`), ready to `.train()`."""
+    """An SFTTrainer for `model` on chat rows `train` (and `validation`), ready to `.train()`.
+
+    `print_logs=True` prints every log line (loss, learning rate) as transformers does by default.
+    """
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
     Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=sft_config(settings),
         train_dataset=to_dataset(train),
@@ -129,6 +136,9 @@ def make_trainer(
         callbacks=callbacks,
         peft_config=peft_config,
     )
+    if not print_logs:  # the logs stay in trainer.state.log_history (and in LiveLossPlot)
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def train_sft(

@@ -252,3 +252,48 @@ def test_fit_rows_agree_with_will_it_fit():
     rows = mem.fit_rows(["Llama-3.1-8B"], gpu="T4")
     assert rows[0]["qlora fits"] and not rows[0]["full fits"]
     assert rows[0]["lora"] == round(mem.will_it_fit("Llama-3.1-8B", "lora", "T4").needed_gb, 2)
+
+
+def test_lora_dropout_and_trl_loss_estimates_within_20_percent_of_measured():
+    pytest.importorskip("trl", reason="the fused loss is TRL's")
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    kw = dict(batch_size=8, seq_len=128, optimizer="adamw", device="cpu")
+    model = get_peft_model(
+        LlamaForCausalLM(SMALL), LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1)
+    )
+    measured = mem.training_peak(model, 8, 128, steps=1)["total"]
+    est = mem.estimate(
+        SMALL, "lora", torch.float32, lora_targets="all-linear", lora_dropout=0.1, **kw
+    )
+    assert 0.8 <= est.total / measured <= 1.2, f"estimate {est.total:,} vs measured {measured:,}"
+    no_dropout = mem.estimate(SMALL, "lora", torch.float32, lora_targets="all-linear", **kw)
+    assert no_dropout.total < est.total  # dropout keeps a copy of every adapted layer's input
+
+    full = LlamaForCausalLM(SMALL)
+    measured = mem.training_peak(full, 8, 128, steps=2, loss="trl")["total"]
+    est = mem.estimate(SMALL, "full", torch.float32, loss="trl", **kw)
+    assert 0.8 <= est.total / measured <= 1.2, f"estimate {est.total:,} vs measured {measured:,}"
+    # TRL's tile is 32,768 entries wide whatever the vocabulary: here far more than the logits
+    assert mem.trl_loss_tile(1024, 4) == 1024 * 32768 * 4
+    with pytest.raises(ValueError, match="trl"):
+        mem.estimate(SMALL, "full", loss="fused")
+
+
+def test_mixed_precision_keeps_fp32_weights_gradients_and_adamw_for_full_finetuning():
+    kw = dict(dtype=torch.float16, batch_size=1, seq_len=512, gradient_checkpointing=True)
+    pure = mem.estimate("Llama-3.2-1B", "full", **kw)
+    mixed = mem.estimate("Llama-3.2-1B", "full", mixed_precision=True, **kw)
+    n = mem.as_shape("Llama-3.2-1B").n_params
+    assert (mixed.weights, mixed.gradients, mixed.optimizer) == (
+        4 * n,
+        4 * n,
+        8 * n,
+    )  # 16 bytes a param
+    assert mixed.activations == pure.activations  # still computed in fp16
+    lora = mem.estimate("Llama-3.2-1B", "lora", **kw)
+    assert mem.estimate("Llama-3.2-1B", "lora", mixed_precision=True, **kw).total == lora.total
+    # what a T4 holds: full fine-tuning in mixed precision stops well before 1B parameters
+    assert mem.will_it_fit("SmolLM2-360M", "full", "T4").fits
+    assert not mem.will_it_fit("Llama-3.2-1B", "full", "T4").fits

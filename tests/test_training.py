@@ -24,6 +24,17 @@ def test_old_argument_names_are_mapped_with_a_warning(tmp_path):
     assert args.eval_strategy == "no"
 
 
+def test_names_renamed_upstream_are_passed_under_the_new_name(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers 5.2x warns on gradient_checkpointing
+        args = make_config(
+            TrainingArguments, output_dir=str(tmp_path), use_cpu=True, gradient_checkpointing=True
+        )
+    assert args.gradient_checkpointing is True
+
+
 def test_unknown_argument_is_an_error_with_suggestions(tmp_path):
     with pytest.raises(TypeError, match="learning_rate"):
         make_config(TrainingArguments, output_dir=str(tmp_path), learning_rat=1e-3)
@@ -42,6 +53,9 @@ def test_sft_config_carries_the_settings(tmp_path):
         cfg.max_length,
     ) == (2e-4, 4, 8, 99)
     assert cfg.completion_only_loss and cfg.report_to in ([], "none", ["none"])
+    grouped = sft_config(SFTSettings(output_dir=str(tmp_path), group_by_length=True))
+    assert str(grouped.train_sampling_strategy).endswith("group_by_length")
+    assert not str(cfg.train_sampling_strategy).endswith("group_by_length")
 
 
 def test_settings_follow_the_profile(tmp_path):
