@@ -36,7 +36,7 @@ def pack(texts: list[str], tokenizer, block_size: int = 256) -> Dataset:
     """Tokenize `texts`, join them with an end-of-text token and cut the stream into equal blocks."""
     eot = tokenizer.bos_token_id  # <|endoftext|> separates documents
     stream: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
         stream += ids + [eot]
     n = len(stream) // block_size
     # The tail shorter than one block is dropped; report it so nothing disappears unseen.
@@ -73,7 +73,7 @@ class PretrainSettings:
 
 def pretrain(model, tokenizer, blocks: Dataset, settings: PretrainSettings, callbacks=None) -> dict:
     """Train `model` with the causal-LM objective on packed `blocks` (transformers' Trainer)."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     s = settings
     args = make_config(
@@ -100,6 +100,7 @@ def pretrain(model, tokenizer, blocks: Dataset, settings: PretrainSettings, call
         data_collator=causal_lm_collator,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # the logs stay in the history (and in LiveLossPlot)
     result = trainer.train()
     return {
         "train_loss": result.training_loss,
