@@ -27,7 +27,7 @@ test-notebooks: setup  ## notebooks only
 lint:
 	$(BIN)/ruff check ftlearn tests benchmarks notebooks
 
-build-tiny: setup  ## rebuild data/ (world, tokenizer, tiny models) from the seed: ~20 min on 2 cores
+build-tiny: setup  ## rebuild data/ (world, tokenizer, tiny models) from the seed: ~75 min on 2 CPU cores (measured)
 	$(BIN)/ftlearn build-tiny
 
 clean:

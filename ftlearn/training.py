@@ -40,6 +40,16 @@ class SFTSettings:
     answer_only_loss: bool = True  # loss on the answer tokens only (02_datasets shows why)
     extra: dict = field(default_factory=dict)  # any other SFTConfig argument, passed through
 
+    def __str__(self) -> str:
+        """The settings, one per line, with output_dir relative to the repository when inside it."""
+        from ftlearn.paths import REPO_ROOT
+
+        values = asdict(self)
+        out = Path(self.output_dir).resolve()
+        if out.is_relative_to(REPO_ROOT):
+            values["output_dir"] = str(out.relative_to(REPO_ROOT))
+        return "\n".join(f"{k:24} {v}" for k, v in values.items())
+
 
 def settings_for(profile, output_dir: str, **overrides) -> SFTSettings:
     """SFTSettings sized by a profile (learning rate, epochs, batch, length, precision)."""

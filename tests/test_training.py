@@ -134,3 +134,10 @@ def test_interrupted_run_resumes_to_the_same_loss(tmp_path):
 def test_resume_without_checkpoint_says_why(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         last_checkpoint(str(tmp_path))
+
+
+def test_printed_settings_name_no_local_paths():
+    from ftlearn.paths import REPO_ROOT, RUNS_DIR
+
+    text = str(SFTSettings(output_dir=str(RUNS_DIR / "03_sft" / "main")))
+    assert str(REPO_ROOT) not in text and "runs/03_sft/main" in text
