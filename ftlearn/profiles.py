@@ -72,7 +72,7 @@ PROFILES: dict[str, Profile] = {
             lora_targets=LLAMA_LINEAR,
             eval_rows=400,  # the whole test split (340 rows): ~10 s of generation
             cost="tiny-base, fp32: 14 MB to load, ~0.3 GB to fine-tune on CPU",
-            expected="each notebook under 3 min on 2 CPU cores, under 1.5 GB RAM",
+            expected="each notebook under 3 min on 2 CPU cores, under 2 GB RAM",
         ),
         Profile(
             name="smol",
@@ -258,56 +258,56 @@ def setup(
 # others are estimates from the models' sizes, until someone runs them there and writes them in.
 NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
     "00_setup": {
-        "tiny": (0.2, 0.6),
+        "tiny": (0.1, 0.5),
         "smol": (0.3, 0.6),
         "smol-hub": (0.3, 0.6),
         "t4": (0.3, 1),
         "gpu-large": (0.3, 1),
     },
     "01_foundation_vs_instruct": {
-        "tiny": (1.5, 1.5),
+        "tiny": (1.2, 1.9),
         "smol": (3, 2),
         "smol-hub": (3, 2),
         "t4": (2, 2),
         "gpu-large": (3, 8),
     },
     "02_datasets": {
-        "tiny": (0.5, 1),
+        "tiny": (0.2, 0.6),
         "smol": (1, 1.5),
         "smol-hub": (1, 1.5),
         "t4": (1, 1.5),
         "gpu-large": (1, 1.5),
     },
     "03_sft": {
-        "tiny": (3, 1.5),
+        "tiny": (3, 1.8),
         "smol": (20, 4),
         "smol-hub": (20, 4),
         "t4": (8, 7),
         "gpu-large": (15, 35),
     },
     "04_lora": {
-        "tiny": (3, 1.5),
+        "tiny": (1.2, 1.3),
         "smol": (20, 3),
         "smol-hub": (20, 3),
         "t4": (8, 4),
         "gpu-large": (15, 20),
     },
     "05_quantization": {
-        "tiny": (2, 1.5),
+        "tiny": (0.5, 1.2),
         "smol": (5, 3),
         "smol-hub": (5, 3),
         "t4": (5, 6),
         "gpu-large": (8, 20),
     },
     "06_qlora": {
-        "tiny": (3, 1.5),
+        "tiny": (0.9, 1.4),
         "smol": (20, 3),
         "smol-hub": (20, 3),
         "t4": (10, 6),
         "gpu-large": (20, 25),
     },
     "07_peft_methods": {
-        "tiny": (3, 1.5),
+        "tiny": (0.7, 1.5),
         "smol": (25, 3),
         "smol-hub": (25, 3),
         "t4": (10, 5),
