@@ -308,13 +308,10 @@ def train_and_score(
     max_new_tokens: int = 16,
 ) -> dict:
     """Train with the course's SFTTrainer, then measure: exact match, trainable share, step time."""
-    from transformers.trainer_callback import PrinterCallback
-
     from ftlearn.evaluation import evaluate_exact_match
     from ftlearn.training import make_trainer
 
     trainer = make_trainer(model, tokenizer, train, settings, peft_config=peft_config)
-    trainer.remove_callback(PrinterCallback)  # a comparison prints its table, not every log line
     result = trainer.train()
     trained = trainer.model  # the PeftModel when peft_config was given, else `model` itself
     scores = evaluate_exact_match(
