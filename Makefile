@@ -10,7 +10,7 @@ setup:  ## create .venv and install everything (idempotent)
 	bash scripts/setup.sh $(VENV)
 
 course: setup  ## open the course in JupyterLab
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # root in a container: Jupyter refuses without it
 
 course-headless: setup  ## no browser: execute every notebook in order into runs/executed/
 	$(BIN)/ftlearn run-notebooks
