@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where the course lives: the first cell of every notebook clones it on Colab, and README.md names
+# it. tests/test_notebooks.py checks that both say exactly this.
+REPO_URL = "https://github.com/ftlearn/ftlearn"
 # Shipped, committed artifacts: the synthetic world and the tiny models.
 DATA_DIR = Path(os.environ.get("FTLEARN_DATA_DIR", REPO_ROOT / "data"))
 WORLD_DIR = DATA_DIR / "world"

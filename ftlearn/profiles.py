@@ -237,6 +237,19 @@ def quiet_progress_bars() -> None:
     hf_logging.disable_progress_bar()  # "Loading weights", one bar a model
 
 
+def inline_figures() -> bool:
+    """In a notebook kernel, draw figures inline whatever MPLBACKEND says, so they are saved in it."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return False  # a plain script or a terminal: leave matplotlib's backend alone
+    shell.run_line_magic("matplotlib", "inline")  # MPLBACKEND=Agg would leave "<Figure size ...>"
+    return True
+
+
 def setup(
     override: str | None = None, seed: int = 0, check_hub: bool = True, verbose: bool = True
 ) -> Profile:
@@ -247,6 +260,7 @@ def setup(
     profile = choose(hw, override)
     set_seed(seed)
     quiet_progress_bars()
+    inline_figures()
     if verbose:
         print("hardware:\n" + hw.summary())
         print(describe(profile))

