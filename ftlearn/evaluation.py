@@ -38,8 +38,12 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
     if not references:
         return 0.0
-    hits = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True))
-    return hits / len(references)
+    return sum(hits(predictions, references)) / len(references)
+
+
+def hits(predictions: Sequence[str], references: Sequence[str]) -> list[int]:
+    """1 where a prediction equals its reference after `normalize`, else 0: per question, for spreads."""
+    return [int(normalize(p) == normalize(r)) for p, r in zip(predictions, references, strict=True)]
 
 
 def prompts_and_answers(rows: Sequence[dict]) -> tuple[list[list[dict]], list[str]]:
@@ -118,17 +122,27 @@ def evaluate_exact_match(model, tokenizer, rows: Sequence[dict], **generate_kwar
         "per_task": {t: sum(v) / len(v) for t, v in sorted(by_task.items())},
         "predictions": preds,
         "references": answers,
+        "hits": hits(preds, answers),  # per question: ftlearn.stats bootstraps over them
     }
 
 
-@torch.no_grad()
 def perplexity(
     model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256
 ) -> float:
     """Perplexity of plain texts: exp of the mean next-token loss over all predicted tokens."""
+    losses, tokens = text_losses(model, tokenizer, texts, batch_size, max_length)
+    return math.exp(sum(losses) / max(sum(tokens), 1))
+
+
+@torch.no_grad()
+def text_losses(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256
+) -> tuple[list[float], list[int]]:
+    """Per text: its summed next-token loss and its number of predicted tokens (for spreads)."""
     model.eval()
     device = next(model.parameters()).device
-    total_loss, total_tokens = 0.0, 0
+    losses: list[float] = []
+    counts: list[int] = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(
             list(texts[i : i + batch_size]),
@@ -141,14 +155,11 @@ def perplexity(
         logits = model(**enc).logits[:, :-1].float()
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            target.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total_loss += loss.item()
-        total_tokens += int((target != -100).sum())
-    return math.exp(total_loss / max(total_tokens, 1))
+            logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+        )  # batch x positions; 0 where ignored
+        losses += loss.sum(dim=1).tolist()
+        counts += (target != -100).sum(dim=1).tolist()
+    return losses, counts
 
 
 @torch.no_grad()
@@ -211,31 +222,45 @@ FACT_PROBES = {
 }
 
 
-@torch.no_grad()
 def fact_recall(model, tokenizer, towns: Sequence[dict], attributes=tuple(FACT_PROBES)) -> float:
     """Share of facts the model completes correctly from a corpus-style opening (no chat template).
 
     E.g. "The emblem of Varholt is the" -> "heron". Measures knowledge from pre-training, so it
     shows forgetting when fine-tuning overwrites it.
     """
+    found = fact_hits(model, tokenizer, towns, attributes)
+    return sum(found) / max(len(found), 1)
+
+
+@torch.no_grad()
+def fact_hits(model, tokenizer, towns: Sequence[dict], attributes=tuple(FACT_PROBES)) -> list[int]:
+    """Per (town, fact): 1 if the model completes the corpus-style opening with the fact, else 0."""
     prompts, answers = [], []
     for town in towns:
         for a in attributes:
             prompts.append(FACT_PROBES[a].format(town=town["town"]))
             answers.append(town[a])
     outputs = generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=64)
-    hits = sum(
-        normalize(o).split()[:1] == normalize(a).split()[:1]
+    return [
+        int(normalize(o).split()[:1] == normalize(a).split()[:1])
         for o, a in zip(outputs, answers, strict=True)
-    )
-    return hits / max(len(answers), 1)
+    ]
 
 
 def forgetting_report(
     model, tokenizer, general_texts: Sequence[str], towns: Sequence[dict]
 ) -> dict:
-    """Two signs of forgetting: perplexity on everyday text, and recall of facts it was not tuned on."""
+    """Two signs of forgetting: perplexity on everyday text, and recall of facts it was not tuned on.
+
+    The per-item values behind both come along ("text losses", "text tokens", "fact hits"), so two
+    reports can be compared with their spread (ftlearn.stats).
+    """
+    losses, tokens = text_losses(model, tokenizer, general_texts)
+    found = fact_hits(model, tokenizer, towns)
     return {
-        "general perplexity": round(perplexity(model, tokenizer, general_texts), 2),
-        "fact recall": round(fact_recall(model, tokenizer, towns), 3),
+        "general perplexity": round(math.exp(sum(losses) / max(sum(tokens), 1)), 2),
+        "fact recall": round(sum(found) / max(len(found), 1), 3),
+        "text losses": losses,
+        "text tokens": tokens,
+        "fact hits": found,
     }

@@ -38,7 +38,10 @@ fi
 
 if [ "$MODE" = latest ]; then
   echo "==> installing the newest versions requirements.txt allows, and ftlearn (editable)"
-  "${PIP[@]}" -q --upgrade --upgrade-strategy eager -r requirements.txt -e .
+  # torch stays the build installed above: PyPI's newest is a CUDA wheel of several GB, and torch
+  # drift is tried by moving the lock's torch (FTLEARN_LOCK_TORCH=... make lock) instead.
+  echo "torch==$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')" >"$VENV/torch-held.txt"
+  "${PIP[@]}" -q --upgrade --upgrade-strategy eager -r requirements.txt -e . -c "$VENV/torch-held.txt"
 else
   echo "==> installing requirements.lock (exact versions) and ftlearn (editable)"
   "${PIP[@]}" -q -r requirements.lock -e .

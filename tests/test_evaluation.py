@@ -67,3 +67,11 @@ def test_answer_perplexity_scores_only_the_answer_and_ignores_padding():
         for r in rows
     ]
     assert answer_perplexity(model, tok, wrong) > 2 * expected  # wrong answers surprise it
+
+
+def test_hits_are_per_question_exact_match():
+    from ftlearn.evaluation import exact_match, hits
+
+    preds, refs = ["Amber.", "Yes", "no"], ["amber", "yes", "yes"]
+    assert hits(preds, refs) == [1, 1, 0]
+    assert exact_match(preds, refs) == sum(hits(preds, refs)) / 3

@@ -51,12 +51,17 @@ def test_first_code_cell_sets_up_a_profile(path):
 
 
 def _outputs(cell: dict) -> tuple[set[str], str]:
-    """The MIME types a code cell's outputs hold, and all their text."""
+    """The MIME types a code cell's outputs hold, and the text of those outputs that hold no image.
+
+    Inline figures come as image/png with "<Figure size ...>" as their text/plain: that text
+    alone, without the image, is what a non-inline backend leaves.
+    """
     kinds, text = set(), []
     for o in cell.get("outputs", []):
-        kinds |= set(o.get("data", {}))
-        text.append("".join(o.get("text", "")))
-        text.append("".join(o.get("data", {}).get("text/plain", "")))
+        data = o.get("data", {})
+        kinds |= set(data)
+        if "image/png" not in data:
+            text.append("".join(o.get("text", "")) + "".join(data.get("text/plain", "")))
     return kinds, "".join(text)
 
 
