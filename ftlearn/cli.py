@@ -1,4 +1,5 @@
-"""The `ftlearn` command: build the tiny models, run the notebooks headless, check the machine."""
+"""The `ftlearn` command: build the tiny models, run the notebooks headless, check the machine and
+whether every training run fits a profile's GPU (`ftlearn plan`)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timings", action="store_true", help="print each notebook's slowest cells")
     sub.add_parser("check", help="environment, hardware and the profile this machine gets")
     sub.add_parser("profiles", help="list the profiles")
+    pl = sub.add_parser(
+        "plan", help="every training run of the notebooks on a profile, and whether it fits"
+    )
+    pl.add_argument("profile", nargs="+", help="profile names, or 'all'")
+    pl.add_argument(
+        "--memory-gb", type=float, default=None, help="GiB to check against (default: the target's)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "build-tiny":
@@ -123,6 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         print(environment.report(rows))
         profiles.setup()
         return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+    if args.command == "plan":
+        from ftlearn import plan
+        from ftlearn.profiles import get
+
+        try:
+            names = (
+                list(plan.ALL) if args.profile == ["all"] else [get(n).name for n in args.profile]
+            )
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
+        return plan.main(names, memory_gb=args.memory_gb)
     if args.command == "profiles":
         from ftlearn.profiles import PROFILES
 

@@ -7,9 +7,12 @@ closest valid names), instead of silently ignoring them.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import inspect
+import os
 import warnings
+from dataclasses import dataclass
 
 # old name -> current name (transformers 5 / TRL 1.x)
 RENAMES = {
@@ -32,8 +35,14 @@ NEWER = {
 
 def make_config(cls, **kwargs):
     """Build `cls(**kwargs)` (SFTConfig, TrainingArguments, ...) after mapping renamed arguments."""
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    params = inspect.signature(cls.__init__).parameters
+    accepted = set(params) - {"self"}
     fixed = {}
+    for old, new in NEWER.items():  # TRL 1.16's SFTConfig defaults gradient_checkpointing=True,
+        default = params[old].default if old in params else None  # and that default warns too
+        if new in accepted and default not in (None, inspect.Parameter.empty):
+            if old not in kwargs and new not in kwargs:
+                fixed[new] = default
     for key, value in kwargs.items():
         if NEWER.get(key) in accepted:
             fixed[NEWER[key]] = value
@@ -49,3 +58,133 @@ def make_config(cls, **kwargs):
             warnings.warn(f"{cls.__name__}: '{key}' is now '{new}'.", stacklevel=2)
         fixed[new] = value
     return cls(**fixed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict warnings: a library's deprecation fails the tests before it fails a learner
+# ---------------------------------------------------------------------------------------------
+
+STRICT_ENV = "FTLEARN_STRICT_WARNINGS"  # set to 1 (the Makefile's TEST_ENV): notebooks run strict
+
+# Python attributes a warning to the module `stacklevel` frames up: the library itself (transformers
+# and peft mostly warn with stacklevel 1) or its caller (TRL uses 2 or 3): ftlearn, a test module
+# (`test_*`, no package), a notebook cell (`__main__`), or torch's nn.Module call, through which
+# transformers' renamed `forward` arguments warn. `module` is a regex that Python matches at the
+# start of the name only, so `(\.|$)` keeps `trl` from matching `trlx` while `trl.trainer` matches.
+STRICT_MODULES = (
+    r"(transformers|trl|peft|accelerate|ftlearn|__main__|test_\w+|torch\.nn\.modules\.module)(\.|$)"
+)
+
+
+@dataclass(frozen=True)
+class WarningRule:
+    """One warnings filter: pytest's ini syntax and `warnings.filterwarnings` read the same fields."""
+
+    action: str  # "error" or "ignore"
+    category: str  # a built-in warning class, by name (pytest's ini syntax names it)
+    module: str = ""  # regex, matched at the start of the module the warning is attributed to
+    message: str = ""  # regex, matched at the start of the message, case-insensitively
+    reason: str = ""  # why; an ignore names the library and version that warns, and why not fixed
+    hides: str = ""  # an ignore's deprecated name, which ftlearn and the notebooks must not use
+
+    def ini(self) -> str:
+        """The rule as one `filterwarnings` line of pytest's configuration."""
+        return f"{self.action}:{self.message}:{self.category}:{self.module}"
+
+
+ANNOUNCED = "a library announced a rename or removal: follow it here, in ftlearn.compat"
+STRICT_WARNINGS: tuple[WarningRule, ...] = (
+    WarningRule("error", "FutureWarning", STRICT_MODULES, reason=ANNOUNCED),
+    WarningRule("error", "DeprecationWarning", STRICT_MODULES, reason=ANNOUNCED),
+    # Ignores come after the errors: a later rule wins, in pytest's list as in `strict_warnings()`.
+    # Each is a library calling another's old name, which no caller can change; `hides` is that
+    # name, which the course's own code must not use (tests/test_compat.py checks).
+    WarningRule(
+        "ignore",
+        "FutureWarning",
+        r"transformers\.modeling_utils",
+        "`is_gradient_checkpointing` is deprecated",
+        reason="peft 0.21.2 (every get_peft_model) and TRL 1.16 read the old name; transformers "
+        "5.24 deprecates it for is_activation_checkpointing, to be removed in v6",
+        hides="is_gradient_checkpointing",
+    ),
+    WarningRule(
+        "ignore",
+        "FutureWarning",
+        r"torch\.nn\.modules\.module",
+        r"`past_key_values` is deprecated and will be removed in version 5\.40",
+        reason="peft 0.21.2's prefix tuning (07) passes past_key_values to the model; transformers "
+        "5.24 renamed it `cache` and removes the old name in 5.40: prefix tuning breaks then, "
+        "unless peft follows (make test-latest will say)",
+        hides="past_key_values",
+    ),
+)
+
+
+def strict_warnings(rules: tuple[WarningRule, ...] = STRICT_WARNINGS, report: bool = False) -> None:
+    """Turn the libraries' FutureWarning and DeprecationWarning into errors, as the tests do.
+
+    `report=True` shows every one of them instead ("always"), to list them all in one run.
+    """
+    for rule in rules:  # each call goes in front of the last, so the last rule wins, as in pytest
+        action = "always" if report and rule.action == "error" else rule.action
+        warnings.filterwarnings(action, rule.message, getattr(builtins, rule.category), rule.module)
+
+
+def strict_from_env() -> bool:
+    """Apply `strict_warnings()` if FTLEARN_STRICT_WARNINGS is set: 1 raises, `report` shows all."""
+    value = os.environ.get(STRICT_ENV, "")
+    if value in ("", "0"):
+        return False
+    strict_warnings(report=value == "report")
+    return True
+
+
+def enable_checkpointing(model, kwargs: dict | None = None) -> None:
+    """Turn on gradient checkpointing (non-reentrant by default) under the installed name.
+
+    transformers 5.2x renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`;
+    the old name warns until v6, and older versions have only it.
+    """
+    kwargs = {"use_reentrant": False} if kwargs is None else kwargs
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Private values and behaviours of TRL the course relies on
+# ---------------------------------------------------------------------------------------------
+
+TRL_CHUNKS = (4096, 32768)  # TRL 1.16's (tokens, vocabulary entries), if its private names move
+
+
+def read_trl_chunks() -> tuple[int, int] | None:
+    """TRL's own (tokens, vocabulary entries) per tile of its fused LM head; None if they moved."""
+    try:  # TRL 1.16: one public constant, one private
+        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+    except ImportError:
+        return None
+    return TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE
+
+
+def trl_chunk_sizes() -> tuple[int, int]:
+    """(tokens, vocabulary entries) per tile of TRL's fused LM head: the installed TRL's, or 1.16's."""
+    return read_trl_chunks() or TRL_CHUNKS
+
+
+def undo_trl_adapter_cast(model, dtype) -> int:
+    """Cast `model`'s trainable tensors back to `dtype`; returns how many were cast.
+
+    TRL's SFTTrainer (1.x) casts a quantized model's LoRA weights to bf16, as the QLoRA paper
+    trained them. A profile that computes in fp32 (a CPU) keeps them in fp32, like LoRA's.
+    """
+    cast = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            cast += 1
+    return cast

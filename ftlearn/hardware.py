@@ -13,6 +13,22 @@ import torch
 
 HUB_HOST = ("huggingface.co", 443)
 
+# FTLEARN_EMULATE=t4 makes a bigger CUDA GPU behave as Colab's T4 for the GPU check
+# (scripts/gpu_check.sh): `detect` caps this process's CUDA memory and reports no bf16.
+EMULATE_ENV = "FTLEARN_EMULATE"
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """A smaller GPU, played by the one present: its name, usable memory (GiB) and bf16 support."""
+
+    gpu_name: str
+    memory_gb: float  # as torch.cuda reports a T4 (ftlearn.memory.GPUS)
+    bf16: bool
+
+
+EMULATIONS = {"t4": Emulation("Tesla T4", 15.0, bf16=False)}
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -79,6 +95,30 @@ def has_distribution(name: str) -> bool:
         return False
 
 
+def emulation() -> Emulation | None:
+    """The GPU that $FTLEARN_EMULATE asks this CUDA device to play, or None."""
+    name = os.environ.get(EMULATE_ENV, "").strip().lower()
+    if not name:
+        return None
+    if name not in EMULATIONS:
+        raise ValueError(f"{EMULATE_ENV}={name!r}: emulations known are {', '.join(EMULATIONS)}.")
+    return EMULATIONS[name]
+
+
+def emulate(emu: Emulation) -> None:
+    """Make this process's CUDA device behave as `emu`: memory capped, bf16 reported missing.
+
+    The cap is torch's own (`set_per_process_memory_fraction`: an allocation past it raises
+    torch's out-of-memory error, as on the real card). bf16 is reported missing by replacing
+    `torch.cuda.is_bf16_supported`, which transformers (the Trainer's `bf16=True` check),
+    bitsandbytes' compute dtype and `detect` all ask; call this before anything asks.
+    """
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, emu.memory_gb * 1024**3 / total))
+    if not emu.bf16:
+        torch.cuda.is_bf16_supported = lambda including_emulation=True: False
+
+
 def detect(check_hub: bool = True) -> Hardware:
     """Look at this machine. `check_hub=False` skips the network probe."""
     offline = hub_offline()
@@ -92,6 +132,16 @@ def detect(check_hub: bool = True) -> Hardware:
     )
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
+        emu = emulation()
+        if emu is not None:
+            emulate(emu)
+            return Hardware(
+                device="cuda",
+                gpu_name=f"{emu.gpu_name} (emulated on {props.name})",
+                gpu_memory_gb=emu.memory_gb,
+                bf16=emu.bf16,
+                **common,
+            )
         return Hardware(
             device="cuda",
             gpu_name=props.name,

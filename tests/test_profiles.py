@@ -4,6 +4,7 @@ import pytest
 
 from ftlearn import profiles
 from ftlearn.hardware import Hardware, detect
+from ftlearn.precision import policy
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +30,8 @@ def test_t4_gets_fp16_and_the_t4_profile():
     )
     p = profiles.choose(t4)
     assert p.name == "t4" and p.dtype == "float16" and p.device == "cuda"
-    assert p.training_precision() == {"bf16": False, "fp16": True}
+    assert policy(p, "full").flags() == {"bf16": False, "fp16": True}
+    assert policy(p, "full").load_dtype == "float32"  # fp16 autocast trains fp32 weights
 
 
 def test_bf16_gpu_of_24gb_gets_t4_profile_in_bf16():
@@ -45,6 +47,25 @@ def test_large_bf16_gpu_gets_gpu_large():
         device="cuda", gpu_name="A100", gpu_memory_gb=79.2, bf16=True, hub_reachable=True
     )
     assert profiles.choose(a100).name == "gpu-large"
+
+
+def test_a_40gb_bf16_gpu_gets_the_t4_profile_in_bf16():
+    # gpu-large is sized for 80 GB: `ftlearn plan gpu-large --memory-gb 40` fails
+    a100_40 = Hardware(
+        device="cuda", gpu_name="A100 40GB", gpu_memory_gb=39.4, bf16=True, hub_reachable=True
+    )
+    p = profiles.choose(a100_40)
+    assert p.name == "t4" and p.dtype == "bfloat16"
+
+
+def test_every_profile_on_its_target_gets_its_own_device_and_dtype():
+    for name, target in profiles.TARGETS.items():
+        p = profiles.on_target(name)
+        assert p.name == name and p.device == target.hardware.device
+        picked = "tiny" if name == "smol" else name  # smol is opt-in: a CPU gets tiny
+        assert profiles.choose(target.hardware).name == picked
+    assert profiles.on_target("t4").dtype == "float16"
+    assert profiles.on_target("gpu-large").dtype == "bfloat16"
 
 
 def test_large_gpu_without_bf16_falls_back_to_fp16():
