@@ -3,6 +3,10 @@
 Every config the course builds goes through `make_config`, which maps the old names learners find
 in tutorials to the current ones and refuses names the installed version does not know (with the
 closest valid names), instead of silently ignoring them.
+
+Every other version workaround lives here too: the strict warning rules the tests and notebook
+kernels share (`STRICT_WARNINGS`), the checkpointing rename (`enable_checkpointing`), TRL's private
+tile sizes (`trl_chunk_sizes`) and the undoing of TRL's bf16 cast of QLoRA adapters.
 """
 
 from __future__ import annotations
@@ -97,26 +101,27 @@ STRICT_WARNINGS: tuple[WarningRule, ...] = (
     WarningRule("error", "FutureWarning", STRICT_MODULES, reason=ANNOUNCED),
     WarningRule("error", "DeprecationWarning", STRICT_MODULES, reason=ANNOUNCED),
     # Ignores come after the errors: a later rule wins, in pytest's list as in `strict_warnings()`.
-    # Each is a library calling another's old name, which no caller can change; `hides` is that
-    # name, which the course's own code must not use (tests/test_compat.py checks).
+    # Each is a library's notice that no caller can act on, mostly one library calling another's
+    # old name; `hides` is that name, which the course must not use itself (test_compat.py checks).
     WarningRule(
         "ignore",
         "FutureWarning",
         r"transformers\.modeling_utils",
         "`is_gradient_checkpointing` is deprecated",
         reason="peft 0.21.2 (every get_peft_model) and TRL 1.16 read the old name; transformers "
-        "5.24 deprecates it for is_activation_checkpointing, to be removed in v6",
+        "5.23-5.24 deprecate it for is_activation_checkpointing, to be removed in v6",
         hides="is_gradient_checkpointing",
     ),
+    # Not ignored: transformers 5.24's "`past_key_values` is deprecated" and "Both `past_key_values`
+    # and `cache` are set", from peft 0.21.2's prefix and prompt tuning. They mark a real break:
+    # under 5.24, peft's generate drops the learned prefix (test_compat.py checks generation).
     WarningRule(
         "ignore",
-        "FutureWarning",
-        r"torch\.nn\.modules\.module",
-        r"`past_key_values` is deprecated and will be removed in version 5\.40",
-        reason="peft 0.21.2's prefix tuning (07) passes past_key_values to the model; transformers "
-        "5.24 renamed it `cache` and removes the old name in 5.40: prefix tuning breaks then, "
-        "unless peft follows (make test-latest will say)",
-        hides="past_key_values",
+        "UserWarning",
+        r"peft\.peft_model",
+        "Position ids are not supported",
+        reason="peft 0.21.2's prompt tuning drops the position_ids that transformers' generate "
+        "passes (its virtual tokens shift every position): right, and nothing a caller can change",
     ),
 )
 
@@ -131,13 +136,19 @@ def strict_warnings(rules: tuple[WarningRule, ...] = STRICT_WARNINGS, report: bo
         warnings.filterwarnings(action, rule.message, getattr(builtins, rule.category), rule.module)
 
 
-def strict_from_env() -> bool:
-    """Apply `strict_warnings()` if FTLEARN_STRICT_WARNINGS is set: 1 raises, `report` shows all."""
+def apply_warning_rules() -> str:
+    """The rules for a notebook kernel (profiles.setup calls this); returns the mode applied.
+
+    Always: the ignores (library notices no caller can act on), so no notebook filters warnings
+    itself. With FTLEARN_STRICT_WARNINGS=1 (the tests): every rule, deprecations raise;
+    FTLEARN_STRICT_WARNINGS=report: every rule, deprecations shown each time, to list them all.
+    """
     value = os.environ.get(STRICT_ENV, "")
     if value in ("", "0"):
-        return False
+        strict_warnings(tuple(r for r in STRICT_WARNINGS if r.action == "ignore"))
+        return "ignores"
     strict_warnings(report=value == "report")
-    return True
+    return "report" if value == "report" else "strict"
 
 
 def enable_checkpointing(model, kwargs: dict | None = None) -> None:
@@ -174,6 +185,21 @@ def read_trl_chunks() -> tuple[int, int] | None:
 def trl_chunk_sizes() -> tuple[int, int]:
     """(tokens, vocabulary entries) per tile of TRL's fused LM head: the installed TRL's, or 1.16's."""
     return read_trl_chunks() or TRL_CHUNKS
+
+
+SFT_FUSED_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what TRL 1.16's SFTTrainer asks for
+
+
+def add_trl_fused_lm_head(model, outputs: tuple[str, ...] = SFT_FUSED_OUTPUTS) -> None:
+    """Give `model` TRL's fused, chunked LM head, as SFTTrainer does (`fused_lm_head=True` then).
+
+    `trl.trainer.utils.add_fused_lm_head` is an internal of TRL 1.x (not exported by `trl`); the
+    memory measurements and the speed benchmark use it to compute the loss exactly as SFTTrainer.
+    """
+    from trl.trainer.utils import add_fused_lm_head
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    add_fused_lm_head(base, outputs=outputs)
 
 
 def undo_trl_adapter_cast(model, dtype) -> int:

@@ -297,9 +297,9 @@ def setup(
     override: str | None = None, seed: int = 0, check_hub: bool = True, verbose: bool = True
 ) -> Profile:
     """The first cell of every notebook: detect the hardware, pick a profile, seed everything."""
-    from ftlearn.compat import strict_from_env
+    from ftlearn.compat import apply_warning_rules
 
-    strict_from_env()  # under the tests (FTLEARN_STRICT_WARNINGS=1): the libraries' deprecations raise
+    apply_warning_rules()  # library notices hidden; under the tests, the libraries' deprecations raise
     from transformers import set_seed
 
     hw = detect(check_hub=check_hub)
