@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ftlearn import compat
+
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -86,13 +88,19 @@ def generate(
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 device
             )
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=_stop_ids(tokenizer),
-            )
+            if compat.prompt_learning(model):  # peft 0.21.2's generate loses the prompt (compat)
+                out = compat.greedy_by_forward(
+                    model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                    _stop_ids(tokenizer), tokenizer.pad_token_id,
+                )  # fmt: skip
+            else:
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=_stop_ids(tokenizer),
+                )
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:

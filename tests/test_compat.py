@@ -198,6 +198,58 @@ def test_enable_checkpointing_uses_the_current_name():
     assert model.is_activation_checkpointing
 
 
+def _prompt_model(kind: str):
+    import torch
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                         eos_token_id=1, bos_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    peft_config = {"prefix_tuning": PrefixTuningConfig, "prompt_tuning": PromptTuningConfig}[kind]
+    model = get_peft_model(
+        LlamaForCausalLM(config), peft_config(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    )
+    model.eval()
+    with torch.no_grad():
+        for p in model.prompt_encoder.parameters():
+            p.normal_(0, 1.0)  # a prompt that changes the answers (peft's init is near-neutral)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the behaviour is tested here, not the notice
+@pytest.mark.parametrize("kind", ["prefix_tuning", "prompt_tuning"])
+def test_the_course_decodes_prompt_learning_as_its_forward_pass(kind):
+    import torch
+
+    from ftlearn import compat
+
+    model = _prompt_model(kind)
+    assert compat.prompt_learning(model) and not compat.prompt_learning(model.base_model)
+    with torch.no_grad():
+        ids = torch.randint(3, 64, (2, 7))
+        mask = torch.ones_like(ids)
+        out = compat.greedy_by_forward(model, ids, mask, 4, stop_ids=[1], pad_id=0)
+        seq = ids
+        for _ in range(4):  # the reference: one whole forward pass per new token, row by row
+            seq = torch.cat(
+                [
+                    seq,
+                    model(input_ids=seq, attention_mask=torch.ones_like(seq))
+                    .logits[:, -1]
+                    .argmax(-1, keepdim=True),
+                ],
+                1,
+            )
+    stopped = [(row[7:] == 1).nonzero() for row in seq]
+    for row, ref, stop in zip(out, seq, stopped):
+        n = 7 + (int(stop[0]) + 1 if len(stop) else 4)
+        assert row[:n].tolist() == ref[:n].tolist()
+
+
+@pytest.mark.xfail(strict=True, reason="peft 0.21.2 + transformers 5.24: generate drops the learned "
+                   "prompt; when this passes, drop compat.greedy_by_forward")  # fmt: skip
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the behaviour is tested here, not the notice
 @pytest.mark.parametrize("kind", ["prefix_tuning", "prompt_tuning"])
 def test_peft_generate_keeps_the_learned_prompt(kind):
