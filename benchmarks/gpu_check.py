@@ -4,13 +4,13 @@
     python benchmarks/gpu_check.py --cpu-smoke --out /tmp/gpu-check   # every part, tiny shapes, CPU
 
 The GPU machine has no model hub, so the check uses the embedded tiny models and models of real
-shapes built from their configs with random weights (`ftlearn.memory.llama_config`): memory and
+shapes built from their configs with random weights (`ftlearn.shapes.llama_config`): memory and
 speed depend on shapes, not on weight values. Parts:
 
 - notebooks: every notebook on the tiny models, device cuda, twice: as Colab's T4 (FTLEARN_EMULATE=t4:
   CUDA memory capped at 15 GiB, bf16 reported missing, so the profile trains in fp16) and as the GPU
   is (bf16). In parallel, one kernel each, with a final cell that reports the dtype and peak memory.
-- estimator: `ftlearn.memory.estimate(...).total` against `training_peak` (torch.cuda's peak) for
+- estimator: `ftlearn.estimator.estimate(...).total` against `training_peak` (torch.cuda's peak) for
   full fine-tuning, LoRA and QLoRA at SmolLM2-360M and SmolLM2-1.7B, and QLoRA at Qwen2.5-7B, in
   the dtypes `ftlearn.precision` trains them in on a bf16 GPU.
 - paged: QLoRA with bitsandbytes' paged 8-bit AdamW, in a plain loop and through the course's
@@ -83,7 +83,7 @@ class Row:
 class Case:
     """One estimator measurement: a model shape trained with a method at a batch size."""
 
-    shape: str  # a name in ftlearn.memory.MODELS, or "smoke" (a tiny Llama)
+    shape: str  # a name in ftlearn.shapes.MODELS, or "smoke" (a tiny Llama)
     method: str  # "full", "lora", "qlora"
     batch: int
     seq: int
@@ -116,14 +116,14 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 
 def smoke_shape():
     """A Llama small enough for the CPU smoke run (hidden 64, 2 layers, vocabulary 512)."""
-    from ftlearn.memory import ModelShape
+    from ftlearn.shapes import ModelShape
 
     return ModelShape(hidden=64, layers=2, intermediate=128, vocab=512, heads=4, kv_heads=2)
 
 
 def shape_of(name: str):
     """The ModelShape a case names."""
-    from ftlearn.memory import MODELS
+    from ftlearn.shapes import MODELS
 
     return smoke_shape() if name == "smoke" else MODELS[name]
 
@@ -197,8 +197,8 @@ def build_model(case: Case, load_dtype: str, quantized: bool, workdir: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftlearn.memory import llama_config
     from ftlearn.quantization import bnb_config
+    from ftlearn.shapes import llama_config
 
     config = llama_config(shape_of(case.shape))
     dev = device()
@@ -235,7 +235,7 @@ def add_lora(model, case: Case):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from ftlearn.lora import lora_config
-    from ftlearn.profiles import LLAMA_LINEAR
+    from ftlearn.shapes import LLAMA_LINEAR
 
     if case.method == "qlora":  # as 06_qlora prepares it: what is not 4-bit goes to fp32
         model = prepare_model_for_kbit_training(
@@ -258,9 +258,10 @@ def add_lora(model, case: Case):
 
 def estimator_rows(smoke: bool, workdir: Path) -> Iterator[Row]:
     """One row per case: measured peak (weights + step) against `estimate(...).total`."""
-    from ftlearn.memory import estimate, training_peak
+    from ftlearn.estimator import TrainingSetup, estimate
+    from ftlearn.measure import training_peak
     from ftlearn.precision import policy
-    from ftlearn.profiles import LLAMA_LINEAR
+    from ftlearn.shapes import LLAMA_LINEAR
 
     profile = gpu_profile()
     for case in SMOKE_CASES if smoke else GPU_CASES:
@@ -279,21 +280,21 @@ def estimator_rows(smoke: bool, workdir: Path) -> Iterator[Row]:
                 measured = training_peak(
                     model, case.batch, case.seq, optimizer=case.optimizer, loss="trl"
                 )
-            predicted = estimate(
-                shape_of(case.shape),
+            setup = TrainingSetup(
                 case.method,
                 batch_size=case.batch,
                 seq_len=case.seq,
                 optimizer=case.optimizer,
                 gradient_checkpointing=case.checkpointing,
                 lora_r=LORA["r"],
-                lora_targets=LLAMA_LINEAR if case.method != "full" else ("q_proj", "v_proj"),
+                lora_targets=LLAMA_LINEAR,
                 lora_dropout=LORA["dropout"] if case.method != "full" else 0.0,
                 loss="trl",
                 device=device(),
+                kbit_prepared=True,  # add_lora prepares as 06 does
                 **precision.estimate_args(),
-                **supported(estimate, kbit_prepared=True),  # add_lora prepares as 06 does
             )
+            predicted = estimate(shape_of(case.shape), setup)
             ratio = measured["total"] / predicted.total
             ok = ESTIMATE_BAND[0] <= ratio <= ESTIMATE_BAND[1]
             yield Row(
@@ -312,13 +313,6 @@ def estimator_rows(smoke: bool, workdir: Path) -> Iterator[Row]:
         finally:
             model = None
             free_memory()
-
-
-def supported(fn: Callable, **kwargs) -> dict:
-    """The keyword arguments `fn` accepts, of `kwargs`: the estimator's newer options, if present."""
-    import inspect
-
-    return {k: v for k, v in kwargs.items() if k in inspect.signature(fn).parameters}
 
 
 def failed(part: str, check: str, err: BaseException, start: float) -> Row:
@@ -344,7 +338,7 @@ def paged_rows(smoke: bool, workdir: Path) -> Iterator[Row]:
 
     import torch
 
-    from ftlearn.memory import make_optimizer
+    from ftlearn.measure import make_optimizer
     from ftlearn.precision import policy
 
     case = Case(

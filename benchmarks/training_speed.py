@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
+from ftlearn.estimator import MiB
 from ftlearn.lora import lora_config
-from ftlearn.memory import measure_peak
+from ftlearn.measure import measure_peak
 from ftlearn.models import load
 from ftlearn.paths import run_dir
 from ftlearn.profiles import get, quiet_progress_bars
@@ -78,8 +79,8 @@ def run(profile_name: str, steps: int) -> list[dict]:
             {
                 "variant": name,
                 "seconds": seconds,
-                "examples/s": examples / seconds,
-                "peak MB": peak / 1e6,
+                "examples_per_s": examples / seconds,
+                "peak_mib": peak / MiB,
             }
         )
     return results
@@ -340,13 +341,13 @@ def main() -> None:
     results = run(args.profile, steps)
     ref = results[0]
     print(
-        f"| variant ({args.profile}, {steps} steps) | examples/s | speed vs full | peak MB | memory vs full |"
+        f"| variant ({args.profile}, {steps} steps) | examples/s | speed vs full | peak MiB | memory vs full |"
     )
     print("|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['variant']} | {r['examples/s']:.0f} | {r['examples/s'] / ref['examples/s']:.2f}x "
-            f"| {r['peak MB']:.0f} | {r['peak MB'] / ref['peak MB']:.2f}x |"
+            f"| {r['variant']} | {r['examples_per_s']:.0f} | {r['examples_per_s'] / ref['examples_per_s']:.2f}x "
+            f"| {r['peak_mib']:.0f} | {r['peak_mib'] / ref['peak_mib']:.2f}x |"
         )
 
 

@@ -1,7 +1,9 @@
 """ftlearn: the helper package of the ftlearn fine-tuning course.
 
 One module per concept, in course order: hardware and profiles (00), world and tokenizer (01),
-data (02), training and evaluation (03), lora (04), quantization and memory (05-06), peft_methods (07).
+data, formats and templates (02), training and evaluation (03), decoding (01), lora and
+experiments (04, 07), quantization (05), shapes, measure and estimator (05-06), peft_methods (07);
+exercises holds the checks of every notebook's exercises.
 """
 
 __version__ = "0.1.0"

@@ -17,6 +17,9 @@ def strip(nb) -> None:
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
         cell.pop("id", None)
+        for out in cell.get("outputs", []):  # an exercise not yet done: its message, no paths
+            if out.get("output_type") == "error":
+                out["traceback"] = [f"{out['ename']}: {out['evalue']}"]
 
 
 def slowest_cells(nb, n: int = 5) -> list[tuple[int, float]]:
@@ -41,13 +44,18 @@ def run_notebooks(
     timeout: int = 900,
     in_place: bool = False,
     timings: bool = False,
+    solutions: bool = True,
 ) -> int:
-    """Execute every notebook in order into `out_dir`, or back into notebooks/ with `in_place`."""
+    """Execute every notebook in order into `out_dir`, or back in place with `in_place`; then
+    the exercises' solutions (notebooks/solutions/), unless `solutions=False`."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-    notebooks = sorted((paths.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    folder = paths.REPO_ROOT / "notebooks"
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if solutions:
+        notebooks += sorted((folder / "solutions").glob("[0-9][0-9]_*.ipynb"))
     if only:
         notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in only)]
     if not in_place:
@@ -65,13 +73,16 @@ def run_notebooks(
         try:
             client.execute()
             status = "ok"
-        except CellExecutionError as err:
+        except (CellExecutionError, CellTimeoutError) as err:  # a timeout stops only this one
             failed += 1
             status = f"FAILED: {str(err).strip().splitlines()[-1]}"
         slow = slowest_cells(nb) if timings else []
         strip(nb)
-        nbformat.write(nb, nb_path if in_place else out_dir / nb_path.name)
-        print(f"{nb_path.name:40} {time.time() - start:6.0f} s  {status}", flush=True)
+        name = str(nb_path.relative_to(folder))  # "03_sft.ipynb", "solutions/03_sft.ipynb"
+        if not in_place:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, nb_path if in_place else out_dir / name)
+        print(f"{name:40} {time.time() - start:6.0f} s  {status}", flush=True)
         for number, seconds in slow:
             print(f"{'':4}code cell {number:3}: {seconds:6.1f} s", flush=True)
     print(
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write back into notebooks/, stripped: how notebooks are committed",
     )
     r.add_argument("--timings", action="store_true", help="print each notebook's slowest cells")
+    r.add_argument("--no-solutions", action="store_true", help="skip notebooks/solutions/")
     sub.add_parser("check", help="environment, hardware and the profile this machine gets")
     sub.add_parser("profiles", help="list the profiles")
     pl = sub.add_parser(
@@ -123,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         build_tiny(args.out, quick=args.quick)
         return 0
     if args.command == "run-notebooks":
-        return run_notebooks(args.out, args.only, in_place=args.in_place, timings=args.timings)
+        return run_notebooks(
+            args.out, args.only, in_place=args.in_place, timings=args.timings,
+            solutions=not args.no_solutions,
+        )  # fmt: skip
     if args.command == "check":
         from ftlearn import environment, profiles
 

@@ -91,7 +91,7 @@ def generate(
             if compat.prompt_learning(model):  # peft 0.21.2's generate loses the prompt (compat)
                 out = compat.greedy_by_forward(
                     model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                    _stop_ids(tokenizer), tokenizer.pad_token_id,
+                    stop_ids(tokenizer), tokenizer.pad_token_id,
                 )  # fmt: skip
             else:
                 out = model.generate(
@@ -99,7 +99,7 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=_stop_ids(tokenizer),
+                    eos_token_id=stop_ids(tokenizer),
                 )
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -108,7 +108,8 @@ def generate(
     return outputs
 
 
-def _stop_ids(tokenizer) -> list[int]:
+def stop_ids(tokenizer) -> list[int]:
+    """The ids generation stops at: the end of a turn (<|im_end|>) or of a document (eos)."""
     # Stop at the end of the assistant turn or of a document, whichever the model emits.
     ids = {tokenizer.eos_token_id}
     for token in ("<|im_end|>", "<|endoftext|>"):
@@ -168,6 +169,29 @@ def text_losses(
         losses += loss.sum(dim=1).tolist()
         counts += (target != -100).sum(dim=1).tolist()
     return losses, counts
+
+
+@torch.no_grad()
+def token_losses(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 256
+) -> list[tuple[list[int], list[float]]]:
+    """Per text: the ids of its predicted tokens (all but the first) and each one's loss, in nats."""
+    model.eval()
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"  # positions start at 0
+    out = []
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[i : i + batch_size]), return_tensors="pt", padding=True,
+                            truncation=True, max_length=max_length, add_special_tokens=False).to(device)  # fmt: skip
+            logp = model(**enc).logits[:, :-1].float().log_softmax(-1)
+            target = enc["input_ids"][:, 1:]
+            nll = -logp.gather(2, target[..., None])[..., 0]
+            for row, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
+                out.append((target[row, : n - 1].tolist(), nll[row, : n - 1].tolist()))
+    finally:
+        tokenizer.padding_side = side
+    return out
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ class Emulation:
     """A smaller GPU, played by the one present: its name, usable memory (GiB) and bf16 support."""
 
     gpu_name: str
-    memory_gb: float  # as torch.cuda reports a T4 (ftlearn.memory.GPUS)
+    memory_gb: float  # as torch.cuda reports a T4 (ftlearn.estimator.GPUS)
     bf16: bool
 
 

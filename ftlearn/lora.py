@@ -2,9 +2,10 @@
 
 The course trains with peft (`lora_config` below + `peft.get_peft_model`); the from-scratch layer is
 kept apart from that path so a learner can read all of LoRA in one screen. tests/test_lora.py proves
-that, given the same A and B, our layer and peft's produce the same outputs. The last section holds
-what 04 and 07 measure with: `train_and_score`, `update_ranks`, `plot_accuracy_vs_params` and
-`adapter_matrix`.
+that, given the same A and B, our layer and peft's produce the same outputs. The parameter count
+from a model's shape is `ftlearn.shapes.lora_params`; `lora_cost` and `lora_widget` turn it into
+what a learner weighs (parameters, scaling, MiB); 04 and 07's train-and-score runs live in
+`ftlearn.experiments`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from peft import LoraConfig
 from torch import nn
 
 from ftlearn.compat import make_config
-from ftlearn.profiles import LLAMA_LINEAR, Profile
-
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-TARGET_PRESETS = {"all-linear": LLAMA_LINEAR, "attention": ATTENTION}
+from ftlearn.estimator import MiB
+from ftlearn.profiles import Profile
+from ftlearn.shapes import MODELS, as_shape, lora_params, resolve_targets
 
 
 class LoRALinear(nn.Module):
@@ -48,17 +48,6 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """The update as a full matrix, scaling * B @ A (out x in): what merging adds to W."""
         return self.lora_B @ self.lora_A * self.scaling
-
-
-def resolve_targets(targets: str | list[str] | tuple[str, ...]) -> list[str]:
-    """A list of module names from a list or a preset: "all-linear" or "attention" (Llama names)."""
-    if isinstance(targets, str):
-        if targets not in TARGET_PRESETS:
-            raise ValueError(
-                f"targets={targets!r}: use a list of module names or one of {list(TARGET_PRESETS)}."
-            )
-        return list(TARGET_PRESETS[targets])
-    return list(targets)
 
 
 def _short(name: str) -> str:
@@ -93,20 +82,14 @@ def inject_lora(
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold W + scaling * B @ A into plain nn.Linear layers, in place: no extra cost at inference."""
+    # Any layer with lora_A, lora_B, scaling and base (ours, or 04_lora's own version of it).
     # The merged layers stay frozen, as inject_lora left them: merging is for serving, not training.
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            module.base.weight += module.delta_weight().to(module.base.weight.dtype)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.base)
+    for name, module in _lora_layers(model).items():
+        delta = module.scaling * module.lora_B @ module.lora_A  # out x r @ r x in = out x in
+        module.base.weight += delta.to(module.base.weight.dtype)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, module.base)
     return model
-
-
-@torch.no_grad()
-def copy_lora_weights(ours: LoRALinear, theirs: nn.Module, adapter: str = "default") -> None:
-    """Give our layer the A and B of one peft LoRA layer (same shapes: A is r x in, B is out x r)."""
-    ours.lora_A.copy_(theirs.lora_A[adapter].weight)
-    ours.lora_B.copy_(theirs.lora_B[adapter].weight)
 
 
 @torch.no_grad()
@@ -139,35 +122,6 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
             "parameters): inject them first (inject_lora)."
         )
     return found
-
-
-def copy_from_peft(model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> list[str]:
-    """Copy A and B from every peft LoRA layer into our LoRALinear of the same name; returns the names."""
-    # get_base_model() is the wrapped transformers model, so its module names are the same as ours
-    theirs = dict(peft_model.get_base_model().named_modules())
-    copied = []
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            if name not in theirs or not hasattr(theirs[name], "lora_A"):
-                raise ValueError(
-                    f"The peft model has no LoRA layer named {name!r}: target the same modules."
-                )
-            copy_lora_weights(module, theirs[name], adapter)
-            copied.append(name)
-    return copied
-
-
-def lora_param_count_formula(model_or_config, target_modules: str | list[str], r: int) -> int:
-    """Sum over the targeted linears of r * (in + out): A is r x in, B is out x r."""
-    model = model_or_config
-    if not isinstance(model, nn.Module):
-        # a config: build the model on the meta device, which allocates no memory at all
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(model_or_config)
-    chosen = _targeted(model, resolve_targets(target_modules))
-    return sum(r * (m.in_features + m.out_features) for m in chosen.values())
 
 
 def count_trainable(model: nn.Module) -> int:
@@ -217,40 +171,25 @@ def lora_config(
     )
 
 
-def _folder_mb(path: str | Path) -> float:
+def _folder_bytes(path: str | Path) -> int:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{path} is not a folder: save it first with .save_pretrained({str(path)!r})."
         )
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6  # MB = 10^6 bytes
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def adapter_size_mb(path: str | Path) -> float:
-    """Size on disk of an adapter saved by `peft_model.save_pretrained(path)`, in MB."""
+def adapter_size_mib(path: str | Path) -> float:
+    """Size on disk of an adapter saved by `peft_model.save_pretrained(path)`, in MiB."""
     if not (Path(path) / "adapter_config.json").exists():
         raise FileNotFoundError(f"{path} holds no adapter_config.json: is it a saved peft adapter?")
-    return _folder_mb(path)
+    return _folder_bytes(path) / MiB
 
 
-def model_size_mb(path: str | Path) -> float:
-    """Size on disk of a model folder saved by `model.save_pretrained(path)`, in MB."""
-    return _folder_mb(path)
-
-
-# Bytes of optimizer state per trainable parameter.
-STATE_BYTES = {
-    "adamw": 8,  # two fp32 moments (m and v), 4 bytes each
-    "sgd_momentum": 4,  # one fp32 velocity
-    "sgd": 0,  # plain SGD keeps no state
-}
-
-
-def optimizer_state_bytes(model: nn.Module, optimizer: str = "adamw") -> int:
-    """Memory the optimizer's state will take: bytes per trainable parameter x trainable parameters."""
-    if optimizer not in STATE_BYTES:
-        raise ValueError(f"optimizer={optimizer!r}: choose one of {list(STATE_BYTES)}.")
-    return STATE_BYTES[optimizer] * count_trainable(model)
+def model_size_mib(path: str | Path) -> float:
+    """Size on disk of a model folder saved by `model.save_pretrained(path)`, in MiB."""
+    return _folder_bytes(path) / MiB
 
 
 @torch.no_grad()
@@ -265,17 +204,6 @@ def max_abs_logit_diff(model_a: nn.Module, model_b: nn.Module, input_ids: torch.
         for m, was_training in modes:  # hand the models back as they came
             m.train(was_training)
     return diff.abs().max().item()
-
-
-def adamw_state_bytes(optimizer) -> int:
-    """Bytes an AdamW optimizer really holds in its two moments (exp_avg, exp_avg_sq), measured."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the Trainer's one
-    return sum(
-        t.numel() * t.element_size()
-        for state in optimizer.state.values()
-        for key, t in state.items()
-        if key in ("exp_avg", "exp_avg_sq")
-    )
 
 
 @torch.no_grad()
@@ -296,45 +224,6 @@ def energy_rank(singular_values: torch.Tensor, share: float = 0.9) -> int:
     """The fewest singular directions that hold `share` of a matrix's energy (sum of s squared)."""
     energy = singular_values.double().pow(2).cumsum(0)
     return int((energy < share * energy[-1]).sum().item()) + 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring runs for the notebooks' comparison tables (04_lora, 07_peft_methods)
-# ---------------------------------------------------------------------------------------------
-
-
-def train_and_score(
-    model: nn.Module,
-    tokenizer,
-    train: list[dict],
-    test: list[dict],
-    settings,
-    peft_config=None,
-    max_new_tokens: int = 16,
-) -> dict:
-    """Train with the course's SFTTrainer, then measure: exact match, trainable share, step time."""
-    from ftlearn.evaluation import evaluate_exact_match
-    from ftlearn.training import make_trainer
-
-    trainer = make_trainer(model, tokenizer, train, settings, peft_config=peft_config)
-    result = trainer.train()
-    trained = trainer.model  # the PeftModel when peft_config was given, else `model` itself
-    scores = evaluate_exact_match(
-        trained, tokenizer, test, max_new_tokens=max_new_tokens, batch_size=64
-    )
-    report = trainable_report(trained)
-    return {
-        "model": trained,
-        "exact match": scores["exact_match"],
-        "trainable": report["trainable"],
-        "trainable %": report["percent"],
-        # wall time over optimizer steps: data collation and logging included, as a learner sees it
-        "step ms": 1000 * result.metrics["train_runtime"] / max(result.global_step, 1),
-        "optimizer state MB": adamw_state_bytes(trainer.optimizer) / 1e6,
-        "train loss": result.training_loss,
-        "history": trainer.state.log_history,
-        "predictions": scores["predictions"],
-    }
 
 
 def update_ranks(
@@ -361,49 +250,93 @@ def update_ranks(
     return pd.DataFrame(rows).set_index("layer")
 
 
-def plot_accuracy_vs_params(table, title: str = "", ax=None):
-    """Exact match against trainable parameters (log scale), one labelled point per row of `table`."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
+# ---------------------------------------------------------------------------------------------
+# What a rank costs: 04_lora's control (rank, alpha, targets -> parameters, scaling, MiB)
+# ---------------------------------------------------------------------------------------------
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(table["trainable"], table["exact match"], "o")
-    for i, (label, row) in enumerate(table.iterrows()):
-        ax.annotate(  # labels alternate above and below, so that close points stay readable
-            str(label), (row["trainable"], row["exact match"]), xytext=(4, 5 if i % 2 == 0 else -11),
-            textcoords="offset points", fontsize=8,
-        )  # fmt: skip
-    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="exact match")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^4, 3x10^4... labels would overlap
-    ax.margins(x=0.2)
-    ax.set(title=title, ylim=(-0.12, 1.1))
-    ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
-    return ax.figure
+TARGET_CHOICES = {  # the three choices a learner meets in papers and model cards
+    "q_proj, v_proj (LoRA paper)": ("q_proj", "v_proj"),
+    "attention (q, k, v, o)": "attention",
+    "all linear layers (QLoRA)": "all-linear",
+}
+# Bytes per trainable parameter: an fp32 adapter file holds 4; training holds its fp32 weight,
+# gradient and AdamW's two moments, 4 + 4 + 8 (as notebook 06's estimator counts).
+FILE_BYTES, TRAIN_BYTES = 4, 16
 
 
-@torch.no_grad()
-def adapter_matrix(
-    peft_model, tokenizer, rows_by_task: dict[str, list[dict]], max_new_tokens: int = 16
-):
-    """Exact match of every adapter of `peft_model` (rows) on every task (columns), and the base's."""
+def lora_cost(
+    model, r: int, alpha: float, targets: str | list[str] = "all-linear", rslora: bool = False
+) -> dict:
+    """LoRA on `model` (anything `as_shape` takes): trainable parameters, scaling, memory in MiB."""
+    if r < 1:
+        raise ValueError(f"r={r}: the rank of B @ A is at least 1.")
+    shape = as_shape(model)
+    n = lora_params(shape, r, targets)
+    return {
+        "trainable": n,
+        "trainable_percent": 100 * n / (shape.n_params + n),  # of all, as peft reports it
+        "scaling": alpha / (math.sqrt(r) if rslora else r),
+        "adapter_mib": FILE_BYTES * n / MiB,  # the saved adapter (peft saves fp32 A and B)
+        "training_mib": TRAIN_BYTES * n / MiB,  # adapter weights + gradients + AdamW state
+    }
+
+
+def lora_cost_table(models: dict, ranks=(8, 16), targets=TARGET_CHOICES):
+    """`lora_cost` for every model x targets x rank: the control's static rendering."""
     import pandas as pd
 
-    from ftlearn.evaluation import evaluate_exact_match
+    rows = {
+        (name, label, r): lora_cost(shape, r, 2 * r, chosen)
+        for name, shape in models.items()
+        for label, chosen in targets.items()
+        for r in ranks
+    }
+    frame = pd.DataFrame(rows).T.drop(columns="scaling")
+    frame.index.names = ["model", "targets", "r"]
+    return frame.astype({"trainable": int}).round(2)
 
-    def score() -> dict[str, float]:
-        return {
-            task: evaluate_exact_match(
-                peft_model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=64
-            )["exact_match"]
-            for task, rows in rows_by_task.items()
-        }
 
-    table = {}
-    for name in list(peft_model.peft_config):
-        peft_model.set_adapter(name)  # a switch of pointers: no weight is copied or reloaded
-        table[f"adapter {name}"] = score()
-    with peft_model.disable_adapter():  # the frozen base, as it was before any training
-        table["no adapter (base)"] = score()
-    return pd.DataFrame(table).T
+def lora_widget(models: dict | None = None, static: bool = True):
+    """An ipywidgets control (model, rank, alpha, targets, rsLoRA) printing `lora_cost`.
+
+    `static=True` first displays `lora_cost_table(models)`: a widget shows only in a live kernel,
+    and that table is what GitHub and Colab's preview render in its place.
+    """
+    models = models or dict(MODELS)
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        print("ipywidgets is not installed: here is the static table instead.\n")
+        print(lora_cost_table(models))
+        return None
+    if static:
+        from IPython.display import display
+
+        display(lora_cost_table(models))
+    ranks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    controls = {
+        "model": widgets.Dropdown(options=list(models), description="model"),
+        "r": widgets.SelectionSlider(options=ranks, value=8, description="rank r"),
+        "alpha": widgets.SelectionSlider(options=ranks, value=16, description="alpha"),
+        "targets": widgets.Dropdown(
+            options=list(TARGET_CHOICES), value=list(TARGET_CHOICES)[-1], description="targets"
+        ),
+        "rslora": widgets.Checkbox(value=False, description="rsLoRA: alpha / sqrt(r)"),
+    }
+
+    def show(model, r, alpha, targets, rslora):
+        c = lora_cost(models[model], r, alpha, TARGET_CHOICES[targets], rslora)
+        print(
+            f"trainable {c['trainable']:,} ({c['trainable_percent']:.2f}% of all parameters); "
+            f"scaling {c['scaling']:.3g} (alpha changes no parameter: it scales B A x)\n"
+            f"adapter file {c['adapter_mib']:.2f} MiB (fp32); to train it, "
+            f"{c['training_mib']:.2f} MiB (weights + gradients + AdamW)"
+        )
+
+    class LoRAControl(widgets.VBox):
+        # what a page without a live kernel prints in the widget's place (else "VBox(children=...")
+        def __repr__(self) -> str:
+            return "[LoRA cost control: live in Jupyter and Colab; the table above is its default]"
+
+    out = widgets.interactive_output(show, controls)
+    return LoRAControl([*controls.values(), out])

@@ -3,7 +3,7 @@
 `catalogue(profile)` is the one place that sizes the runs of 03-07 (model, method, batch, sequence
 length, checkpointing, optimizer, LoRA rank and targets); the notebooks build their settings from it
 (`run(profile, key).settings(...)`), and `ftlearn plan PROFILE` prints each run's predicted peak
-(`ftlearn.memory.estimate`, from the model's shape alone: no download) against the profile's target
+(`ftlearn.estimator.estimate`, from the model's shape alone: no download) against the profile's target
 machine (`profiles.TARGETS`), and fails if any does not fit with a margin (`MARGIN`).
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ftlearn.memory import GB, MODELS, MemoryEstimate, ModelShape, as_shape, estimate, fmt_params
+from ftlearn.estimator import GiB, MemoryEstimate, TrainingSetup, estimate
 from ftlearn.precision import policy, summary
 from ftlearn.profiles import PROFILES, TARGETS, Profile, on_target
+from ftlearn.shapes import MODELS, ModelShape, as_shape, fmt_params
 
 ALL = tuple(PROFILES)  # `ftlearn plan all`
 
@@ -21,8 +22,8 @@ ALL = tuple(PROFILES)  # `ftlearn plan all`
 # of measured peaks, 06_qlora section 2) and for the allocator's rounding.
 MARGIN = 0.10
 OVERHEAD_GB = {  # kept free beside the tensors the estimate counts (GiB)
-    "cuda": 1.0,  # CUDA's context and the allocator's fragmentation (as memory.will_it_fit)
-    "cpu": 1.0,  # the interpreter, torch and the libraries: the tiny notebooks peak at 1.2-1.9 GB RSS
+    "cuda": 1.0,  # CUDA's context and the allocator's fragmentation (as estimator.will_it_fit)
+    "cpu": 1.0,  # the interpreter, torch and the libraries: the tiny notebooks peak at 1.2-1.9 GiB RSS
 }
 
 # The longest chat (prompt + answer, chat template included) of the rows a run trains on, in tokens
@@ -36,7 +37,7 @@ class Run:
     """One training run of a notebook: what `plan` predicts and what the notebook's settings use."""
 
     key: str  # "notebook/name", e.g. "03_sft/main"
-    model: str  # "base", "instruct" or "qlora" (models.load's `which`), or a shape in memory.MODELS
+    model: str  # "base", "instruct" or "qlora" (models.load's `which`), or a shape in shapes.MODELS
     method: str  # "full", "lora" or "qlora": decides the dtypes (ftlearn.precision)
     batch_size: int
     max_steps: int = -1  # -1: `epochs`
@@ -45,7 +46,7 @@ class Run:
     rows: str = "all"  # the task its rows come from, for the longest sequence (LONGEST_TOKENS)
     seq_len: int | None = None  # fixed length (random tokens); None: the longest of `rows`
     gradient_checkpointing: bool = False
-    optimizer: str = "adamw"  # as memory.estimate names them
+    optimizer: str = "adamw"  # as estimator.OPTIMIZER_BYTES names them
     lora_r: int | None = None
     lora_alpha: int | None = None
     lora_targets: tuple[str, ...] = ()
@@ -56,6 +57,9 @@ class Run:
     dtype: str | None = None  # a model built from a config: its dtype, whatever the policy
     held: tuple[str, ...] = ()  # "role:method" of the other models the notebook keeps in memory
     count: int = 1  # runs of these sizes the notebook makes (a learning-rate sweep: 3)
+    train_rows: int | None = None  # the first N training rows it trains on; None: all of them
+    val_rows: int | None = None  # the first N validation rows of its evaluations
+    eval_steps: int | None = None  # validation loss every N steps; None: the notebook's choice
     note: str = ""
 
     @property
@@ -75,6 +79,8 @@ class Run:
         )
         if self.epochs is not None:
             sizes["epochs"] = self.epochs
+        if self.eval_steps is not None:
+            sizes["eval_steps"] = self.eval_steps
         return settings_for(profile, output_dir, self.method, **(sizes | overrides))
 
     def lora_config(self, profile: Profile, **overrides):
@@ -100,21 +106,31 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     quarter = max(1, p.batch_size // 4)
     short = dict(rows="short_answer")
     # fmt: off
-    # 03_sft: section 3's fine-tuned model stays in memory beside every later run
+    # 03_sft: section 3's fine-tuned model stays in memory beside every later run. On the tiny model
+    # a side run costs seconds; on a profile too slow to train whole epochs (max_steps > 0, e.g.
+    # smol: ~7 s a step of 4 and ~15 s an evaluation of 32 rows on 2 cores, measured), each side run
+    # shrinks to what still shows its point, so the notebook stays within minutes (00's cost table).
     fine_tuned = ("base:full",)
+    slow = p.max_steps > 0
+    val = 16 if slow else 128
     runs = [
-        Run("03_sft/main", "base", "full", p.batch_size, p.max_steps),
-        Run("03_sft/overfit", "base", "full", 8, -1, epochs=16, held=fine_tuned,
-            note="32 examples / batch 8 = 4 steps an epoch: 64 steps"),
-        Run("03_sft/learning rate", "base", "full", min(16, p.batch_size), 24, held=fine_tuned,
-            count=3, note="the profile's rate / 10, x 1, x 3, on 384 examples"),
+        Run("03_sft/main", "base", "full", p.batch_size, p.max_steps, val_rows=32 if slow else 128,
+            eval_steps=64),
+        Run("03_sft/overfit", "base", "full", 4 if slow else 8, -1, epochs=10 if slow else 16,
+            held=fine_tuned, train_rows=8 if slow else 32, val_rows=val,
+            eval_steps=4 if slow else 8, note="8 examples x 10 epochs (20 steps of 4) on slow "
+            "profiles, else 32 x 16 (64 steps of 8)"),
+        Run("03_sft/learning rate", "base", "full", min(16, p.batch_size), 12 if slow else 24,
+            held=fine_tuned, count=3, train_rows=48 if slow else 384, val_rows=val,
+            eval_steps=4 if slow else 8, note="the profile's rate / 10, x 1, x 3"),
         Run(f"03_sft/batch {p.batch_size} x 1", "base", "full", p.batch_size, 4, held=fine_tuned),
         Run(f"03_sft/batch {quarter} x 4", "base", "full", quarter, 4, grad_accum=4,
             held=fine_tuned, note="as many examples a step as the run above"),
         Run(f"03_sft/batch {quarter} x 4 + checkpointing", "base", "full", quarter, 4,
             grad_accum=4, gradient_checkpointing=True, held=fine_tuned),
-        Run("03_sft/resume", "base", "full", 8, 20, held=fine_tuned, count=3,
-            note="uninterrupted; interrupted at step 10; resumed"),
+        Run("03_sft/resume", "base", "full", 4 if slow else 8, 6 if slow else 20,
+            held=fine_tuned, count=3, train_rows=24 if slow else 160,
+            note="uninterrupted; interrupted halfway; resumed"),
     ]
     # 04_lora, on short answers: the base model (fp32, inference), the hand-made LoRA model and
     # its peft twin (16-bit bases) stay in memory, then the fully fine-tuned model of section 4
@@ -133,6 +149,23 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     for rank, alpha in [(1, 2), (2, 4), (4 * r, 8 * r), (r, r // 2), (r, 8 * r)]:
         runs.append(Run(f"04_lora/r{rank}-alpha{alpha}", "base", "lora", half, 20, held=after,
                         lora_r=rank, lora_alpha=alpha, lora_targets=targets, **short))
+    # Section 5's seeds (settings seed: LoRA's random A and the data order). `count` = the seeds
+    # run here, after seed 0 where the sweep above ran it. Three rules for the scaling s all give
+    # s = 2 at the profile's rank and differ in how s moves with r: alpha = 2r keeps
+    # s = alpha / r = 2; alpha fixed at the profile's (the LoRA paper) gives s = 16 / 32 = 0.5 at 4r;
+    # rsLoRA (s = alpha / sqrt(r)) with alpha = 2 sqrt(r) = 5.66 gives s = 5.66 / sqrt(32) = 1.
+    # 3 seeds: 12 runs of 20 steps, ~5 s each on the tiny profile; 2 on slow profiles (7 runs).
+    seeds = dict(lora_targets=targets, held=after, **short)
+    n_seeds = 2 if slow else 3
+    for rank, alpha, count in [(r, a, n_seeds - 1), (r, 8 * r, n_seeds - 1),
+                               (4 * r, 8 * r, n_seeds - 1), (4 * r, a, n_seeds)]:
+        runs.append(Run(f"04_lora/seeds r{rank}-alpha{alpha}", "base", "lora", half, 20,
+                        lora_r=rank, lora_alpha=alpha, count=count, **seeds))
+    runs.append(Run(f"04_lora/use_rslora r{4 * r}", "base", "lora", half, 20, lora_r=4 * r,
+                    lora_alpha=2 * r**0.5, count=n_seeds, note="use_rslora=True: s = alpha / sqrt(r)",
+                    **seeds))
+    runs.append(Run("04_lora/exercise lr x4", "base", "lora", half, 20, held=after, **short, **lora,
+                    note="exercise 04.3: the profile's rank and alpha at 4x the learning rate"))
     runs += [
         Run("04_lora/attention-only", "base", "lora", half, 20, held=after, lora_r=r,
             lora_alpha=a, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), **short),
@@ -149,6 +182,7 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     steps, batch = 40, min(p.batch_size, 16)
     fixed = dict(seq_len=128, loss="logits", autocast=False, held=section1, **lora)
     qlora = dict(gradient_checkpointing=True, lora_dropout=0.05)
+    optimizer8 = "paged_adamw_8bit" if p.device == "cuda" else "adamw_8bit"  # paging needs CUDA
     runs += [
         Run("06_qlora/backward", "qlora", "qlora", 1, 1, optimizer="sgd", loss="logits",
             autocast=False, **qlora, **lora, note="one backward pass of one example, no step"),
@@ -163,16 +197,33 @@ def catalogue(profile: Profile) -> dict[str, Run]:
             note=f"{steps} steps x {batch} = {steps * batch} examples"),
         Run("06_qlora/lora", "base", "lora", batch, steps, held=section1, lora_dropout=0.05,
             **lora),
+        # the control: QLoRA's recipe (checkpointing, dropout, 8-bit AdamW) on the 16-bit (CPU:
+        # fp32) base, so that it differs from the QLoRA run in the base's storage alone
+        Run("06_qlora/lora + checkpointing", "base", "lora", batch, steps, held=section1,
+            **qlora, **lora, optimizer=optimizer8, note="QLoRA's run without the 4-bit base"),
         Run("06_qlora/qlora", "base", "qlora", batch, steps, held=section1, **qlora, **lora,
-            optimizer="paged_adamw_8bit" if p.device == "cuda" else "adamw_8bit"),
+            optimizer=optimizer8),
     ]
-    # 07_peft_methods, on short answers: the base model (fp32, inference) stays in memory, and the
-    # previous method's model until the next one is built
-    held07 = ("base:full", "base:lora")
+    # 07_peft_methods, on short answers, every method on the same budget (20 steps x half the
+    # batch): a learning-rate sweep at seed 0, scored on validation, then more seeds at the best
+    # rate, scored on test (seed 0's run is the sweep's, not run twice). The base model (fp32,
+    # inference) stays in memory, and the best run of each method until section 5 has timed it.
+    # On a CPU only the weak methods sweep (their rates were the guesses): a sweep of all six on
+    # tiny (2026-12-01, validation exact match at / 3, x 1, x 3) found LoRA's and DoRA's centre best
+    # (34/59/28% and 34/60/39%), and the adapter's centre was measured best before (LR_SCALE), so
+    # 6 x 3 + 3 x 2 = 12 runs become 6; the 18 left take 8-30 s each on 2 shared cores. On a slow
+    # profile (smol: ~7 s a step) one rate and one seed, 20 steps a method, as before.
+    held07 = ("base:full", *("base:lora",) * 6)
+    seeds = 1 if slow else 2
     for method in ("lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "bottleneck"):
+        weak = method in ("ia3", "prompt_tuning", "prefix_tuning")
+        rates = 1 if slow or (p.device == "cpu" and not weak) else 3
         peft = dict(adapter=method, **short, **lora)
         runs += [
-            Run(f"07_peft_methods/{method}", "base", "lora", half, 20, held=held07, **peft),
+            Run(f"07_peft_methods/{method} sweep", "base", "lora", half, 20, held=held07,
+                count=rates, **peft, note="peft_methods.sweep_rates: the centre / 3, x 1, x 3"),
+            Run(f"07_peft_methods/{method}", "base", "lora", half, 20, held=held07, count=seeds,
+                **peft, note=f"seeds 0-{seeds - 1} at the best rate; seed 0 is the sweep's run"),
             Run(f"07_peft_methods/{method} peak", "base", "lora", p.batch_size, loss="logits",
                 autocast=False, held=held07, **peft,
                 note="training_peak: 2 steps on a copy of the trained model"),
@@ -222,8 +273,8 @@ def seq_len(profile: Profile, run: Run) -> int:
     return run.seq_len or min(profile.max_length, LONGEST_TOKENS[run.rows])
 
 
-def predict(profile: Profile, run: Run) -> MemoryEstimate:
-    """`memory.estimate` of the run: one training step of its longest batch, as its policy stores it."""
+def setup_for(profile: Profile, run: Run) -> TrainingSetup:
+    """The estimator's `TrainingSetup` of the run: its longest batch, as its precision policy stores it."""
     precision = policy(profile, run.method)
     if run.dtype or not run.autocast:  # no Trainer: everything computes in the weights' dtype
         dtypes = {"dtype": run.dtype or precision.load_dtype, "mixed_precision": False}
@@ -233,8 +284,7 @@ def predict(profile: Profile, run: Run) -> MemoryEstimate:
         dtypes = precision.estimate_args()
     # 07's other PEFT methods train fewer values than LoRA at the profile's rank and are counted as
     # LoRA; DoRA's extra (W + sBA per adapted layer, in its forward) is left out
-    return estimate(
-        model_shape(profile, run.model),
+    return TrainingSetup(
         run.method,
         batch_size=run.batch_size,
         seq_len=seq_len(profile, run),
@@ -249,15 +299,19 @@ def predict(profile: Profile, run: Run) -> MemoryEstimate:
     )
 
 
+def predict(profile: Profile, run: Run) -> MemoryEstimate:
+    """`estimator.estimate` of the run: one training step of its longest batch."""
+    return estimate(model_shape(profile, run.model), setup_for(profile, run))
+
+
 def held_bytes(profile: Profile, run: Run) -> int:
     """Bytes of the weights of the other models the notebook keeps in memory beside the run."""
     total = 0
     for entry in run.held:
         role, method = entry.split(":")
-        total += estimate(
-            model_shape(profile, role), method, lora_r=profile.lora_r,
-            lora_targets=tuple(profile.lora_targets), **policy(profile, method).estimate_args(),
-        ).weights  # fmt: skip
+        setup = TrainingSetup(method, lora_r=profile.lora_r, lora_targets=tuple(profile.lora_targets),
+                              **policy(profile, method).estimate_args())  # fmt: skip
+        total += estimate(model_shape(profile, role), setup).weights
     return total
 
 
@@ -268,7 +322,7 @@ class Row:
     run: Run
     shape_params: int
     tokens: int
-    peak: int  # bytes: the run's own step (memory.estimate(...).total)
+    peak: int  # bytes: the run's own step (estimator.estimate(...).total)
     held: int  # bytes: the other models in memory
     usable: float  # bytes the target leaves for tensors
 
@@ -286,7 +340,7 @@ class Row:
 def usable_bytes(profile: Profile, memory_gb: float) -> float:
     """Bytes a run may use on a target of `memory_gb` GiB: less the margin, less the overhead."""
     overhead = OVERHEAD_GB["cuda" if profile.device == "cuda" else "cpu"]
-    return (memory_gb * (1 - MARGIN) - overhead) * GB
+    return (memory_gb * (1 - MARGIN) - overhead) * GiB
 
 
 def rows(
@@ -319,7 +373,7 @@ def report(name: str, table: list[Row], memory_gb: float | None = None) -> str:
     lines = [
         f"profile {name} on {machine}: {memory:g} GiB; a run fits in "
         f"{1 - MARGIN:.0%} of it less {OVERHEAD_GB['cuda' if profile.device == 'cuda' else 'cpu']:g} "
-        f"GiB of overhead = {usable_bytes(profile, memory) / GB:.1f} GiB",
+        f"GiB of overhead = {usable_bytes(profile, memory) / GiB:.1f} GiB",
         *(f"  {line}" for line in summary(profile).splitlines()),
         f"{'run':44}{'model':>9} {'method':7}{'batch':>9}{'tokens':>7} {'ckpt':5}{'optimizer':17}"
         f"{'LoRA':>7}{'step':>9}{'+ held':>8}{'= peak':>8}",
@@ -332,12 +386,12 @@ def report(name: str, table: list[Row], memory_gb: float | None = None) -> str:
             f"{r.key + (f' (x{r.count})' if r.count > 1 else ''):44}{fmt_params(row.shape_params):>9} "
             f"{r.method if r.adapter == 'lora' else r.adapter[:7]:7}{batch:>9}{row.tokens:>7} "
             f"{'yes' if r.gradient_checkpointing else '':5}{r.optimizer:17}{lora:>7}"
-            f"{row.peak / GB:>9.2f}{row.held / GB:>8.2f}{row.total / GB:>8.2f} "
+            f"{row.peak / GiB:>9.2f}{row.held / GiB:>8.2f}{row.total / GiB:>8.2f} "
             f"{'✓' if row.fits else '✗ does not fit'}"
         )
     worst = max(table, key=lambda row: row.total)
     lines.append(
-        f"largest: {worst.run.key}, {worst.total / GB:.2f} GiB of {worst.usable / GB:.1f} usable (GiB)"
+        f"largest: {worst.run.key}, {worst.total / GiB:.2f} GiB of {worst.usable / GiB:.1f} usable (GiB)"
     )
     return "\n".join(lines)
 
@@ -359,3 +413,49 @@ def main(
 def oversized(run_: Run, factor: int = 64) -> Run:
     """A copy of `run_` with a batch `factor` times larger: what a plan must refuse (tests)."""
     return replace(run_, key=f"{run_.key} x{factor}", batch_size=run_.batch_size * factor)
+
+
+def batch_memory(profile: Profile, batch_size: int, grad_accum: int = 1, checkpointing: bool = False) -> dict:
+    """Predicted MiB of 03's main run at another batch, accumulation and checkpointing."""
+    from ftlearn.estimator import MiB, activation_bytes
+
+    sized = replace(run(profile, "03_sft/main"), batch_size=batch_size, grad_accum=grad_accum,
+                    gradient_checkpointing=checkpointing)  # fmt: skip
+    shape, setup = model_shape(profile, "base"), setup_for(profile, sized)
+    est, act = estimate(shape, setup), activation_bytes(shape, setup)
+    return {"examples a step": batch_size * grad_accum, "weights, gradients, AdamW": (est.weights + est.gradients + est.optimizer) / MiB,
+            "layers": act["layers"] / MiB, "logits and loss": act["logits"] / MiB, "peak": est.total / MiB}  # fmt: skip
+
+
+def batch_widget(profile: Profile, static: bool = True):
+    """An ipywidgets control (batch, accumulation, checkpointing) -> 03's predicted peak, in MiB.
+
+    `static=True` first displays the grid a page without a live kernel shows in its place.
+    """
+    import pandas as pd
+    from IPython.display import display
+
+    b = profile.batch_size
+    grid = {f"{k} x {a}{' + ckpt' if c else ''}": batch_memory(profile, k, a, c)
+            for k, a, c in [(b, 1, False), (b // 2, 2, False), (b // 4, 4, False), (b // 4, 4, True), (2 * b, 1, False)]
+            if k >= 1}  # fmt: skip
+    if static:
+        display(pd.DataFrame(grid).T.round(1))
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        return None
+    controls = {
+        "batch_size": widgets.IntSlider(value=b, min=1, max=4 * b, description="batch"),
+        "grad_accum": widgets.IntSlider(value=1, min=1, max=16, description="accumulate"),
+        "checkpointing": widgets.Checkbox(value=False, description="checkpointing"),
+    }
+
+    def show(**knobs):
+        print(pd.Series(batch_memory(profile, **knobs)).round(1).to_string())
+
+    class BatchControl(widgets.VBox):
+        def __repr__(self) -> str:  # what a page without a live kernel prints in its place
+            return "[batch-memory control: live in Jupyter and Colab; the table above is its grid]"
+
+    return BatchControl([*controls.values(), widgets.interactive_output(show, controls)])

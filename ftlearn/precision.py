@@ -72,7 +72,7 @@ class Precision:
         return b["weights"] + b["gradients"] + b["optimizer"] + b["master"]
 
     def estimate_args(self) -> dict:
-        """The `dtype` and `mixed_precision` arguments of `ftlearn.memory.estimate` for this policy."""
+        """The `dtype` and `mixed_precision` arguments of TrainingSetup fields of `ftlearn.estimator.estimate` for this policy."""
         return {
             "dtype": self.compute_dtype,
             "mixed_precision": self.method == "full" and self.compute_dtype != self.trainable_dtype,

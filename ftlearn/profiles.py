@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field, replace
 
 from ftlearn.hardware import Hardware, detect
+from ftlearn.shapes import LLAMA_LINEAR
 
 ENV_VAR = "FTLEARN_PROFILE"
-LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ PROFILES: dict[str, Profile] = {
             lora_alpha=16,
             lora_targets=LLAMA_LINEAR,
             eval_rows=400,  # the whole test split (340 rows): ~10 s of generation
-            cost="tiny-base, fp32: 14 MB to load, ~0.3 GB to fine-tune on CPU",
+            cost="tiny-base, fp32: 13 MiB to load, ~0.9 GiB to fully fine-tune at batch 32 (03_sft measures it)",
             expected="each notebook under 3 min on 2 CPU cores, under 2 GB RAM",
         ),
         Profile(
@@ -86,8 +86,8 @@ PROFILES: dict[str, Profile] = {
             lora_alpha=16,
             lora_targets=LLAMA_LINEAR,
             eval_rows=32,  # 32 rows x 40 new tokens ≈ 20 s a scoring; 01-07 score ~50 times in all
-            cost="SmolLM2-135M, fp32: 0.54 GB to load, ~3 GB to fully fine-tune on CPU (16 bytes a weight + activations)",
-            expected="1-10 min a notebook on 2 CPU cores (03_sft ~45 min: its side runs are not sized by the profile yet), up to ~6 GB RAM",
+            cost="SmolLM2-135M, fp32: 513 MiB to load, ~3 GiB to fully fine-tune on CPU (16 bytes a weight + activations)",
+            expected="1-25 min a notebook on 2 CPU cores (03_sft ~24, 04_lora ~20: counted from measured step costs), up to ~6 GB RAM",
         ),
         Profile(
             name="smol-hub",
@@ -107,7 +107,7 @@ PROFILES: dict[str, Profile] = {
             lora_alpha=16,
             lora_targets=LLAMA_LINEAR,
             eval_rows=60,
-            cost="SmolLM2-135M, fp32: 0.54 GB to load, ~3 GB to fine-tune",
+            cost="SmolLM2-135M, fp32: 513 MiB to load, ~3 GiB to fine-tune",
             expected="10-20 min a training notebook on 2 CPU cores, ~4 GB RAM (estimate)",
         ),
         Profile(
@@ -320,7 +320,10 @@ def setup(
 # measured here (full fine-tuning ~30 tokens/s per core, forward ~100, scoring 32 rows x 40 tokens
 # ~40 CPU-s, forgetting_report ~75 CPU-s), at 2 cores' worth. That machine was shared (load 5-11),
 # so the measured walls were 3-10x these: the minutes are for a quiet machine, upper estimates.
-# 03 stays over 10 min until its side runs (overfit, sweep, memory, resume) are sized per profile.
+# 03's side runs are sized per profile (ftlearn/plan.py: overfit 20 steps, sweep 3 x 12, resume 12):
+# ~24 min counted from unit costs measured on a quiet machine (6.8 s a full fine-tuning step of 4,
+# 0.47 s a validation row, 24 s a scoring of 32 rows, 40 s a forgetting report); its main run
+# measured 803 s under load 7-10 (40 steps). 04 grew seed runs (issue 9): ~20 min, counted.
 # smol-hub, t4 and gpu-large are estimates from the models' sizes, until someone runs them there.
 NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
     "00_setup": {
@@ -346,14 +349,14 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
     },
     "03_sft": {
         "tiny": (3, 1.8),
-        "smol": (45, 5),
+        "smol": (24, 5),
         "smol-hub": (20, 4),
         "t4": (8, 7),
         "gpu-large": (15, 35),
     },
     "04_lora": {
         "tiny": (1.2, 1.3),
-        "smol": (10, 5),
+        "smol": (20, 5),
         "smol-hub": (20, 3),
         "t4": (8, 4),
         "gpu-large": (15, 20),
@@ -385,7 +388,7 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
 # Where each column of NOTEBOOK_COSTS comes from, shown in the table's header.
 COST_SOURCES = {
     "tiny": "measured",
-    "smol": "00, 02 measured; others estimated",
+    "smol": "00, 02 measured; others counted from measured step costs",
     "smol-hub": "estimate",
     "t4": "estimate",
     "gpu-large": "estimate",

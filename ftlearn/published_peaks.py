@@ -1,7 +1,7 @@
-"""Peak memory of real fine-tuning runs, as their authors published it, against `memory.estimate` (06_qlora).
+"""Peak memory of real fine-tuning runs, as their authors published it, against `estimator.estimate` (06_qlora).
 
 Each entry quotes one number from a paper or a library's documentation, in the unit the source
-uses, with the run's configuration written as `estimate` keywords. Only what the source (or the
+uses, with the run's configuration written as `TrainingSetup` fields. Only what the source (or the
 config file it links, at the same commit) states goes in; where it leaves something out, `assumed`
 says what was filled in. `not_modelled` names what the run did that the estimator does not model.
 
@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ftlearn.memory import GB, MODELS, MemoryEstimate, ModelShape, estimate
+from ftlearn.estimator import GiB, MemoryEstimate, TrainingSetup, estimate
+from ftlearn.shapes import MODELS, ModelShape
 
 UNITS = {"GB": 1e9, "GiB": 2**30, "TB": 1e12}  # GB as the sources' code divides: by 1e9
 
-# Shapes of the sources' models that the course's catalogue (memory.MODELS) does not hold,
+# What every entry's set-up starts from: the sources train in pure 16 bits (LitGPT's bf16-true,
+# torchtune's `dtype: bf16`), with no fp32 copy of the weights; an entry's `config` says otherwise.
+BASE_SETUP = {"dtype": torch.bfloat16, "mixed_precision": False}
+
+# Shapes of the sources' models that the course's catalogue (shapes.MODELS) does not hold,
 # from each model's config.json or paper.
 SHAPES = {
     "Llama-2-7B": ModelShape(4096, 32, 11008, 32000, 32, 32),
@@ -91,7 +96,7 @@ class PublishedPeak:
     source: str
     url: str
     counter: str  # what was measured
-    config: dict = field(default_factory=dict)  # estimate() keywords beyond model and method
+    config: dict = field(default_factory=dict)  # TrainingSetup fields beyond method (BASE_SETUP)
     optimizer_in_backward: bool = False  # torchtune's fused step: no full set of gradients
     kind: str = "measured"  # "measured", or "fits in": the source says the run fits in this much
     not_modelled: str = ""  # what the run did that `estimate` does not model
@@ -104,7 +109,7 @@ class PublishedPeak:
 
 
 # One entry per published number: label, model, method, the number and its unit, source, url and
-# counter, then the run's estimate() keywords. (Laid out as a table: `ruff format` leaves it.)
+# counter, then the run's TrainingSetup fields. (Laid out as a table: `ruff format` leaves it.)
 # fmt: off
 PEAKS = [
     # ---- LitGPT: LoRA and QLoRA (NF4 with double quantization) on one A100 40GB ----
@@ -196,9 +201,9 @@ def predict(peak: PublishedPeak) -> MemoryEstimate:
     A paged optimizer's state is in CUDA unified memory (cudaMallocManaged), which the allocator's
     counters do not include; a step fused into the backward pass frees each gradient once applied.
     """
-    kwargs = {"dtype": torch.bfloat16, **peak.config}
-    est = estimate(SHAPES[peak.model], peak.method, **kwargs)
-    if kwargs.get("optimizer", "adamw").startswith("paged"):
+    setup = TrainingSetup(peak.method, **{**BASE_SETUP, **peak.config})
+    est = estimate(SHAPES[peak.model], setup)
+    if setup.optimizer_name.startswith("paged"):
         est.optimizer = 0
     if peak.optimizer_in_backward:
         est.gradients = 0
@@ -216,12 +221,12 @@ def compare(peaks: list[PublishedPeak] = PEAKS) -> list[dict]:
                 "run": peak.run,
                 "method": peak.method,
                 "reported": f"{peak.reported:g} {peak.unit}",
-                "published GiB": peak.reported_bytes / GB,
-                "predicted GiB": est.total / GB,
-                "predicted / published": est.total / peak.reported_bytes,
+                "published_gib": peak.reported_bytes / GiB,
+                "predicted_gib": est.total / GiB,
+                "predicted_over_published": est.total / peak.reported_bytes,
                 "kind": peak.kind,
                 "counter": peak.counter,
-                "not modelled": peak.not_modelled,
+                "not_modelled": peak.not_modelled,
                 "assumed": peak.assumed,
                 "source": peak.url,
             }
@@ -233,7 +238,7 @@ def plot_comparison(rows: list[dict], ax=None, band: float | None = None):
     """Predicted against published on log axes, with the line y = x (and y = x·band, x/band).
 
     Filled markers: runs whose settings the source states and the estimator models; open: the
-    rest (their `not modelled` and `assumed` say why). A grey triangle is a bound ("fits in").
+    rest (their `not_modelled` and `assumed` say why). A grey triangle is a bound ("fits in").
     """
     import matplotlib.pyplot as plt
 
@@ -245,10 +250,10 @@ def plot_comparison(rows: list[dict], ax=None, band: float | None = None):
                 for r in rows
                 if r["method"] == method
                 and r["kind"] == "measured"
-                and bool(r["not modelled"] or r["assumed"]) == partly
+                and bool(r["not_modelled"] or r["assumed"]) == partly
             ]
             if sel:
-                x, y = [r["published GiB"] for r in sel], [r["predicted GiB"] for r in sel]
+                x, y = [r["published_gib"] for r in sel], [r["predicted_gib"] for r in sel]
                 face = "none" if partly else f"C{i}"
                 label = method + (" (partly modelled)" if partly else "")
                 ax.scatter(
@@ -258,10 +263,10 @@ def plot_comparison(rows: list[dict], ax=None, band: float | None = None):
         if r["kind"] == "fits in":  # the estimate should sit below y = x
             label = f"{r['run']}: fits in (a bound)"
             ax.scatter(
-                r["published GiB"], r["predicted GiB"], marker="v", s=60, color="grey", label=label
+                r["published_gib"], r["predicted_gib"], marker="v", s=60, color="grey", label=label
             )
-    lo = min(min(r["published GiB"], r["predicted GiB"]) for r in rows) / 1.5
-    hi = max(max(r["published GiB"], r["predicted GiB"]) for r in rows) * 1.5
+    lo = min(min(r["published_gib"], r["predicted_gib"]) for r in rows) / 1.5
+    hi = max(max(r["published_gib"], r["predicted_gib"]) for r in rows) * 1.5
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="estimate = published")
     if band:
         for f in (band, 1 / band):

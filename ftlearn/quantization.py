@@ -372,6 +372,179 @@ def unpack_4bit(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
 
 
 # ---------------------------------------------------------------------------------------------
+# What NF4 optimises, and what it does not: a Lloyd-Max codebook for comparison
+# ---------------------------------------------------------------------------------------------
+
+
+def _scaled_with_weights(w: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every weight divided by its block's absmax (as `codebook_quantize` scales it), and absmax^2."""
+    blocks = _to_blocks(w, blocksize)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38)), -1.0, 1.0)
+    n = w.numel()  # the padding `_to_blocks` repeats would count twice: drop it
+    return scaled.reshape(-1)[:n].double(), (absmax**2).expand_as(blocks).reshape(-1)[:n].double()
+
+
+def lloyd_max_levels(
+    w: torch.Tensor,
+    n_levels: int = 16,
+    blocksize: int = 64,
+    max_iters: int = 2000,
+    tol: float = 1e-7,
+) -> torch.Tensor:
+    """The `n_levels` codebook in [-1, 1] with the least squared error on `w`, by Lloyd-Max.
+
+    Each block is scaled by its absmax exactly as NF4 is, so the two codebooks compete on equal
+    terms. Lloyd's iteration alternates the two conditions of an MSE optimum: every weight goes
+    to its nearest level (cells bounded by the midpoints), and every level moves to the mean of
+    its cell, weighted by absmax^2 because a block's error in weight units is absmax^2 times its
+    scaled error. Neither step can raise the error. It starts from equal-share levels (quantiles
+    of the scaled weights, NF4's idea applied to the data) and stops when no level moves by `tol`.
+    """
+    x, weight = _scaled_with_weights(w, blocksize)
+    n = x.numel()
+    if n < n_levels:
+        raise ValueError(f"{n} weights cannot fit {n_levels} levels: pass more weights.")
+    x, order = x.sort()
+    weight = weight[order]
+    # On sorted values a cell is a slice, and its sums are differences of two prefix sums.
+    zero = torch.zeros(1, dtype=torch.float64)
+    mass, moment = torch.cat([zero, weight.cumsum(0)]), torch.cat([zero, (weight * x).cumsum(0)])
+    levels = x[((torch.arange(n_levels) + 0.5) / n_levels * n).long()]
+    for _ in range(max_iters):
+        # cell k: midpoint k-1 < x <= midpoint k, `codebook_quantize`'s rule (a tie goes down)
+        inner = torch.searchsorted(x, (levels[:-1] + levels[1:]) / 2, right=True)
+        edges = torch.cat([torch.tensor([0]), inner, torch.tensor([n])])
+        m = mass[edges[1:]] - mass[edges[:-1]]
+        new = torch.where(
+            m > 0, (moment[edges[1:]] - moment[edges[:-1]]) / m.clamp(min=1e-300), levels
+        )
+        done = bool((new - levels).abs().max() < tol)  # an empty cell keeps its level
+        levels = new.sort().values
+        if done:
+            break
+    return levels.float()
+
+
+def block_mse(w: torch.Tensor, w_hat: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
+    """Mean squared error of each block of `blocksize` consecutive weights (the last may be partial)."""
+    sq = (w.float() - w_hat.float()).reshape(-1) ** 2
+    pad = -sq.numel() % blocksize
+    counts = torch.full((sq.numel() // blocksize + bool(pad),), float(blocksize))
+    if pad:
+        counts[-1] = blocksize - pad
+    return torch.cat([sq, sq.new_zeros(pad)]).view(-1, blocksize).sum(dim=1) / counts
+
+
+def code_entropy(codes: torch.Tensor, n_levels: int = 16) -> float:
+    """Entropy in bits of the codes' frequencies: 4.0 for 16 codes used equally often."""
+    p = torch.bincount(codes.reshape(-1).long(), minlength=n_levels).double() / codes.numel()
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum())
+
+
+def fake_quantize(model: nn.Module, levels: torch.Tensor, blocksize: int = 64) -> nn.Module:
+    """A copy of `model` whose linear weights (not `lm_head`) are quantized to `levels` and back.
+
+    The copy computes in its own dtype with the rounded weights: the quality of a codebook
+    without its kernels, which is how a codebook bitsandbytes does not ship can be scored.
+    """
+    import copy
+
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in clone.named_modules():
+            if isinstance(module, nn.Linear) and name.split(".")[-1] != "lm_head":
+                w = module.weight
+                codes, absmax = codebook_quantize(w, levels, blocksize)
+                w.copy_(codebook_dequantize(codes, absmax, levels, blocksize, w.dtype))
+    return clone
+
+
+# The formats of the error-histogram control: name -> levels (None: Lloyd-Max fitted on the weight)
+CONTROL_FORMATS = {
+    "int8": lambda: torch.arange(-127, 128, dtype=torch.float32) / 127.0,
+    "int4 (uniform)": int4_levels,
+    "fp4": fp4_levels,
+    "nf4": nf4_levels,
+    "lloyd-max (fitted)": None,
+}
+CONTROL_BLOCKSIZES = {"32": 32, "64": 64, "128": 128, "256": 256, "1024": 1024, "per tensor": None}
+
+
+def format_error(w: torch.Tensor, fmt: str, blocksize: int | None = 64) -> torch.Tensor:
+    """w quantized to `fmt` (a CONTROL_FORMATS name) with blocks of `blocksize` (None: one) and back, minus w."""
+    if fmt not in CONTROL_FORMATS:
+        raise ValueError(f"Unknown format '{fmt}': use one of {', '.join(CONTROL_FORMATS)}.")
+    size = w.numel() if blocksize is None else blocksize
+    make = CONTROL_FORMATS[fmt]
+    levels = lloyd_max_levels(w, blocksize=size) if make is None else make()
+    codes, absmax = codebook_quantize(w, levels, size)
+    return codebook_dequantize(codes, absmax, levels, size) - w.float()
+
+
+def _block_label(blocksize: int | None) -> str:
+    return "per tensor" if blocksize is None else f"blocks of {blocksize}"
+
+
+def plot_error_histograms(
+    w: torch.Tensor, settings: Iterable[tuple[str, int | None]], ax=None, title: str = ""
+):
+    """Histograms of ŵ - w for each (format, block size), on shared bins, labelled with their error."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 3.2))
+    errors = {(fmt, size): format_error(w, fmt, size) for fmt, size in settings}
+    reach = max(e.abs().max().item() for e in errors.values())
+    bins = torch.linspace(-reach, reach, 121).numpy()  # shared, so that heights compare
+    norm = w.float().norm().item()
+    for (fmt, size), e in errors.items():
+        label = f"{fmt}, {_block_label(size)}: {100 * e.norm().item() / norm:.2f}% relative error"
+        ax.hist(e.flatten().numpy(), bins=bins, histtype="step", lw=1.4, label=label)
+    ax.set(xlabel="quantized - original weight", ylabel="weights", title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def error_widget(w: torch.Tensor, static: bool = True):
+    """An ipywidgets control (format, block size) -> histogram of w's quantization error.
+
+    `static=True` first draws every 4-bit format at block size 64 as a figure: a widget shows only
+    in a live kernel, and that figure is what GitHub and Colab's preview render in its place.
+    """
+    import matplotlib.pyplot as plt
+
+    if static:
+        four_bit = [(fmt, 64) for fmt in CONTROL_FORMATS if fmt != "int8"]
+        plot_error_histograms(w, four_bit, title="the control's static view: every 4-bit format")
+        plt.show()
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        print("ipywidgets is not installed: the figure above is the control's static view.")
+        return None
+
+    controls = {
+        "fmt": widgets.ToggleButtons(options=list(CONTROL_FORMATS), value="fp4", description="format"),
+        "size": widgets.ToggleButtons(options=list(CONTROL_BLOCKSIZES), value="64", description="block"),
+    }  # fmt: skip
+
+    def show(fmt: str, size: str) -> None:
+        # NF4 in blocks of 64, what bitsandbytes stores, is the reference every choice is read against
+        plot_error_histograms(w, dict.fromkeys([("nf4", 64), (fmt, CONTROL_BLOCKSIZES[size])]))
+        plt.show()
+
+    class ErrorControl(widgets.VBox):
+        # what a page without a live kernel prints in the widget's place (else "VBox(children=...")
+        def __repr__(self) -> str:
+            return "[quantization-error control: live in Jupyter and Colab; the figure above is its static view]"
+
+    out = widgets.interactive_output(show, controls)
+    return ErrorControl([*controls.values(), out])
+
+
+# ---------------------------------------------------------------------------------------------
 # Double quantization: what the scales cost
 # ---------------------------------------------------------------------------------------------
 

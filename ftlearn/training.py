@@ -116,6 +116,13 @@ def to_dataset(rows: list[dict] | Dataset) -> Dataset:
                 f"row {i} ({row.get('id', 'no id')}): the last message must be the "
                 "assistant's answer; validate the data first (ftlearn.data.validate)."
             )
+        if messages[-1].get("weight") == 0:  # OpenAI's format: context, not to be learned
+            raise ValueError(
+                f"row {i} ({row.get('id', 'no id')}): the last assistant turn has weight 0 (no "
+                "loss), but it would be the completion, which is trained on. End the row with the "
+                "answer to learn (weight 1), or load it with ftlearn.data.load_chat, which cuts "
+                "the turns after the last weight-1 answer."
+            )
         pairs.append({"prompt": messages[:-1], "completion": messages[-1:]})
     return Dataset.from_list(pairs)
 

@@ -188,28 +188,24 @@ def test_an_ignored_name_is_not_used_by_the_course_itself(rule):
     assert users == [], f"{users} use {rule.hides}, whose warning is ignored: use the new name"
 
 
-def test_enable_checkpointing_uses_the_current_name():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
-    model = LlamaForCausalLM(config)
+def test_enable_checkpointing_uses_the_current_name(tiny_llama):
+    model = tiny_llama()
     compat.enable_checkpointing(model)  # the strict rules raise if it took the deprecated name
     assert model.is_activation_checkpointing
 
 
-def _prompt_model(kind: str):
+# A vocabulary of 64 with its special tokens, width 32: a learned prompt that visibly moves answers
+PROMPT_LLAMA = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "pad_token_id": 0,
+                "eos_token_id": 1, "bos_token_id": 2}  # fmt: skip
+
+
+def _prompt_model(tiny_llama, kind: str):
     import torch
     from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
-                         eos_token_id=1, bos_token_id=2)  # fmt: skip
-    torch.manual_seed(0)
     peft_config = {"prefix_tuning": PrefixTuningConfig, "prompt_tuning": PromptTuningConfig}[kind]
     model = get_peft_model(
-        LlamaForCausalLM(config), peft_config(task_type="CAUSAL_LM", num_virtual_tokens=4)
+        tiny_llama(**PROMPT_LLAMA), peft_config(task_type="CAUSAL_LM", num_virtual_tokens=4)
     )
     model.eval()
     with torch.no_grad():
@@ -220,12 +216,12 @@ def _prompt_model(kind: str):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the behaviour is tested here, not the notice
 @pytest.mark.parametrize("kind", ["prefix_tuning", "prompt_tuning"])
-def test_the_course_decodes_prompt_learning_as_its_forward_pass(kind):
+def test_the_course_decodes_prompt_learning_as_its_forward_pass(tiny_llama, kind):
     import torch
 
     from ftlearn import compat
 
-    model = _prompt_model(kind)
+    model = _prompt_model(tiny_llama, kind)
     assert compat.prompt_learning(model) and not compat.prompt_learning(model.base_model)
     with torch.no_grad():
         ids = torch.randint(3, 64, (2, 7))
@@ -252,27 +248,15 @@ def test_the_course_decodes_prompt_learning_as_its_forward_pass(kind):
                    "prompt; when this passes, drop compat.greedy_by_forward")  # fmt: skip
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the behaviour is tested here, not the notice
 @pytest.mark.parametrize("kind", ["prefix_tuning", "prompt_tuning"])
-def test_peft_generate_keeps_the_learned_prompt(kind):
+def test_peft_generate_keeps_the_learned_prompt(tiny_llama, kind):
     # 07 scores prompt and prefix tuning through `generate`: its greedy tokens must be those of the
     # model's own forward over the whole sequence. peft 0.21.2 under transformers 5.24 (its new
     # `cache` argument) drops the learned prompt in generate (measured: max |logit diff| 0.4-0.46,
     # other tokens); under 5.23 the two agree to 1e-7.
     import torch
-    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
-                         eos_token_id=1, bos_token_id=2)  # fmt: skip
-    torch.manual_seed(0)
-    peft_config = {"prefix_tuning": PrefixTuningConfig, "prompt_tuning": PromptTuningConfig}[kind]
-    model = get_peft_model(
-        LlamaForCausalLM(config), peft_config(task_type="CAUSAL_LM", num_virtual_tokens=4)
-    )
-    model.eval()
+    model = _prompt_model(tiny_llama, kind)
     with torch.no_grad():
-        for p in model.prompt_encoder.parameters():
-            p.normal_(0, 1.0)  # a prompt that changes the answers (peft's init is near-neutral)
         ids = torch.randint(3, 64, (1, 7))
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
                              do_sample=False, output_scores=True, return_dict_in_generate=True)  # fmt: skip
@@ -284,15 +268,11 @@ def test_peft_generate_keeps_the_learned_prompt(kind):
     assert out.sequences[0].tolist() == seq[0].tolist()
 
 
-def test_trl_fused_lm_head_gives_the_models_own_loss():
-    # memory.training_peak(loss="trl") measures TRL's loss through this internal: same loss, no logits
+def test_trl_fused_lm_head_gives_the_models_own_loss(tiny_llama):
+    # measure.training_peak(loss="trl") measures TRL's loss through this internal: same loss, no logits
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     ids = torch.randint(0, 64, (2, 9))
     with torch.no_grad():
         plain = model(input_ids=ids, labels=ids).loss

@@ -1,4 +1,5 @@
-"""Tests of ftlearn.data: loading, validation messages, cleaning, leak-free splits, loss masks, packing."""
+"""ftlearn.data (loading, validation messages, cleaning, leak-free splits) and ftlearn.templates' loss
+masks, truncation and packing, on a small tokenizer trained on the data fixtures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
+from ftlearn import data, templates
 from ftlearn.data import (
     DatasetError,
     check_no_leakage,
@@ -22,14 +24,17 @@ from ftlearn.data import (
     load_jsonl,
     load_text,
     normalize_text,
+    split,
+    validate,
+)
+from ftlearn.templates import (
+    check_template,
     packing_stats,
     padding_stats,
     show_loss_mask,
-    split,
     token_lengths,
     tokenize_chat,
     truncation_report,
-    validate,
     with_generation_markers,
 )
 from ftlearn.tokenizer import IM_END, train_tokenizer
@@ -78,6 +83,8 @@ def test_validate_reports_every_bad_row_with_line_problem_and_fix():
         assert text.startswith(f"{FIXTURES / 'bad_rows.jsonl'}, line {line}"), text
         assert p.id == rid and problem in p.problem and fix in p.fix, text
         assert (f"(id {rid!r})" in text) == (rid is not None) and ". Fix: " in text
+    named = validate(FIXTURES / "bad_rows.jsonl", source="bad_rows.jsonl").problems
+    assert {p.source for p in named} == {"bad_rows.jsonl"}  # the malformed line's too
 
 
 def test_load_raises_one_error_listing_every_problem():
@@ -276,6 +283,19 @@ def test_split_is_stratified_by_task_and_deterministic():
 
 # ----------------------------------------------------------------------------- tokenization
 
+# Every public name that moved from ftlearn.data to ftlearn.templates: notebooks and learners' code
+# import them from ftlearn.data.
+MOVED = (
+    "GENERATION_MARKER LOSSES OWN_PAD TEMPLATE_CHECKS PackingStats PaddingStats TemplateError "
+    "TemplateProblem TemplateReport TruncationReport check_template packing_stats padding_stats "
+    "show_loss_mask token_lengths tokenize_chat truncation_report with_generation_markers"
+).split()
+
+
+def test_what_moved_to_templates_is_still_importable_from_data():
+    missing = [n for n in MOVED if getattr(data, n, None) is not getattr(templates, n)]
+    assert not missing, f"re-export {missing} in ftlearn/data.py"
+
 
 def test_loss_mask_covers_exactly_the_assistant_answers_and_im_end(tok):
     im_end = tok.convert_tokens_to_ids(IM_END)
@@ -329,6 +349,12 @@ def test_with_generation_markers_keeps_the_rendering_and_marks_the_answer(tok, m
         enc = tokenize_chat(row, marked)
         assert tok.decode([i for i in enc["labels"] if i != -100]) == "Amber" + IM_END
     assert "named SmolLM" in marked.apply_chat_template(rows[0]["messages"], tokenize=False)
+
+
+def test_check_template_checks_a_template_without_markers_through_the_marked_copy(tok, monkeypatch):
+    monkeypatch.setattr(tok, "chat_template", SMOLLM2_TEMPLATE)  # tests/test_templates.py: the rest
+    report = check_template(tok, [chat("Which river?", "Amber")])
+    assert report.ok and report.problems == [] and "with_generation_markers' copy" in report.checked
 
 
 def test_with_generation_markers_refuses_a_template_it_cannot_mark(tok, monkeypatch):

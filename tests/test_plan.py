@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftlearn import cli, plan, profiles
-from ftlearn.memory import GB
+from ftlearn.estimator import GiB
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TRAINING_NOTEBOOKS = ("03_sft", "04_lora", "06_qlora", "07_peft_methods")
@@ -43,7 +43,7 @@ def test_a_smaller_gpu_fails_the_t4_plan(capsys):
 
 def test_the_margin_and_overhead_are_taken_off_the_target():
     t4 = profiles.on_target("t4")
-    assert plan.usable_bytes(t4, 15.0) == pytest.approx((15.0 * 0.9 - 1.0) * GB)
+    assert plan.usable_bytes(t4, 15.0) == pytest.approx((15.0 * 0.9 - 1.0) * GiB)
 
 
 def test_runs_are_sized_from_the_profile():
@@ -70,7 +70,7 @@ def test_the_qlora_model_would_not_fit_full_fine_tuning_on_a_t4():
     full = plan.run(t4, "06_qlora/full")
     rows = plan.rows("t4", {"q": replace(full, model="qlora"), "b": full})
     assert not rows[0].fits and rows[1].fits
-    assert rows[0].peak > 20 * GB  # SmolLM2-1.7B: 16 bytes a parameter before any activation
+    assert rows[0].peak > 20 * GiB  # SmolLM2-1.7B: 16 bytes a parameter before any activation
 
 
 def test_longest_tokens_match_the_shipped_data():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ftlearn import memory, models, precision, profiles
+from ftlearn import estimator, models, precision, profiles, shapes
 from ftlearn.hardware import Hardware
 
 T4 = Hardware(
@@ -81,10 +81,13 @@ def test_full_fine_tuning_costs_16_bytes_a_parameter_everywhere():
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_estimator_counts_what_the_policy_stores(hw, method):
     p = precision.policy(profiles.choose(hw), method)
-    shape = memory.MODELS["SmolLM2-360M"]
-    est = memory.estimate(shape, method, lora_r=16, lora_targets="all-linear", **p.estimate_args())
+    shape = shapes.MODELS["SmolLM2-360M"]
+    setup = estimator.TrainingSetup(
+        method, lora_r=16, lora_targets="all-linear", **p.estimate_args()
+    )
+    est = estimator.estimate(shape, setup)
     b = p.bytes_per_param()
-    trainable = shape.n_params if method == "full" else memory.lora_params(shape, 16, "all-linear")
+    trainable = shape.n_params if method == "full" else shapes.lora_params(shape, 16, "all-linear")
     assert est.gradients == trainable * b["gradients"]
     assert est.optimizer == trainable * b["optimizer"]
     frozen = 0 if method == "full" else shape.n_params * b["frozen"]
@@ -92,11 +95,15 @@ def test_the_estimator_counts_what_the_policy_stores(hw, method):
 
 
 def test_04_and_06_count_a_7b_full_fine_tuning_the_same_way():
-    # 04 estimates Mistral-7B under the gpu-large policy; 06's fit table uses will_it_fit's defaults
+    # 04 estimates Mistral-7B under the gpu-large policy; 06's fit table uses FIT_SETUP
+    from dataclasses import replace
+
     gpu = profiles.on_target("gpu-large")
-    policy = memory.estimate("Mistral-7B", "full", **precision.policy(gpu, "full").estimate_args())
-    fit = memory.will_it_fit("Mistral-7B", "full", "A100 80GB", seq_len=512, batch_size=1)
-    n = memory.MODELS["Mistral-7B"].n_params
+    setup = estimator.TrainingSetup("full", **precision.policy(gpu, "full").estimate_args())
+    policy = estimator.estimate("Mistral-7B", setup)
+    full = replace(estimator.FIT_SETUP, method="full")
+    fit = estimator.will_it_fit("Mistral-7B", "A100 80GB", full)
+    n = shapes.MODELS["Mistral-7B"].n_params
     assert policy.weights + policy.gradients + policy.optimizer == 16 * n
     assert fit.estimate.weights + fit.estimate.gradients + fit.estimate.optimizer == 16 * n
 
