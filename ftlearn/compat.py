@@ -112,6 +112,16 @@ STRICT_WARNINGS: tuple[WarningRule, ...] = (
         "5.23-5.24 deprecate it for is_activation_checkpointing, to be removed in v6",
         hides="is_gradient_checkpointing",
     ),
+    WarningRule(
+        "ignore",
+        "FutureWarning",
+        r"transformers\.modeling_utils",
+        "`gradient_checkpointing_enable` is deprecated",
+        reason="peft 0.21.2's prepare_model_for_kbit_training(use_gradient_checkpointing=True) "
+        "calls the old name; transformers 5.24 renames it activation_checkpointing_enable (v6 "
+        "removes it); the course itself calls compat.enable_checkpointing",
+        hides="gradient_checkpointing_enable",
+    ),
     # transformers 5.24 renames `past_key_values` to `cache`; peft 0.21.2's prefix tuning still
     # passes the old name. Its forward pass is right (the test compares it with 5.23's), its generate
     # is not: the course decodes such models with compat.greedy_by_forward, and a strict xfail in
