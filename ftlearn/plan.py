@@ -211,14 +211,16 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     # On a CPU only the weak methods sweep (their rates were the guesses): a sweep of all six on
     # tiny (2026-12-01, validation exact match at / 3, x 1, x 3) found LoRA's and DoRA's centre best
     # (34/59/28% and 34/60/39%), and the adapter's centre was measured best before (LR_SCALE), so
-    # 6 x 3 + 3 x 2 = 12 runs become 6. A second seed for every method (6 more runs, 87 s of the
+    # 6 x 3 + 3 x 2 = 12 runs become 6; prompt tuning's sweep was flat twice (2/4/3% at 3e-2, 9e-2,
+    # 2.7e-1, at 20 steps, validation) and costs 30 s of the notebook's 203 s (measured alone on 2
+    # cores), so on a CPU it runs at its centre: (IA)3 and prefix tuning sweep. A second seed for every method (6 more runs, 87 s of the
     # notebook's 263 s, measured alone on 2 cores) runs on a GPU only: on a CPU the margins are the
     # bootstrap over the test questions, and 04's section 5 measures what a seed moves. On a slow
     # profile (smol: ~7 s a step) one rate and one seed, 20 steps a method, as before.
     held07 = ("base:full", *("base:lora",) * 6)
     seeds = 1 if slow or p.device == "cpu" else 2
     for method in ("lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "bottleneck"):
-        weak = method in ("ia3", "prompt_tuning", "prefix_tuning")
+        weak = method in ("ia3", "prefix_tuning")  # on a CPU, the methods whose rate matters
         rates = 1 if slow or (p.device == "cpu" and not weak) else 3
         peft = dict(adapter=method, **short, **lora)
         runs += [
