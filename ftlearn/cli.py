@@ -1,5 +1,6 @@
 """The `ftlearn` command: build the tiny models, run the notebooks headless, check the machine and
-whether every training run fits a profile's GPU (`ftlearn plan`)."""
+whether every training run fits a profile's GPU (`ftlearn plan`), and the workshop kit: a
+wheelhouse, hub models fetched ahead (`ftlearn prefetch`) and the check at the door (`ftlearn doctor`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,22 @@ def strip(nb) -> None:
         for out in cell.get("outputs", []):  # an exercise not yet done: its message, no paths
             if out.get("output_type") == "error":
                 out["traceback"] = [f"{out['ename']}: {out['evalue']}"]
+
+
+def process_peak_mib(pid: int) -> float:
+    """A process's peak resident memory so far, in MiB (Linux's VmHWM; elsewhere its current RSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return 0.0
 
 
 def slowest_cells(nb, n: int = 5) -> list[tuple[int, float]]:
@@ -56,8 +73,9 @@ def run_notebooks(
     notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if solutions:
         notebooks += sorted((folder / "solutions").glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        notebooks = [n for n in notebooks if any(n.name.startswith(o) for o in only)]
+    if only:  # "03" (the notebook and its solutions), "solutions/" (every solutions notebook)
+        notebooks = [n for n in notebooks if any(
+            n.name.startswith(o) or str(n.relative_to(folder)).startswith(o) for o in only)]
     if not in_place:
         out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -70,6 +88,14 @@ def run_notebooks(
             kernel_name="python3",
             resources={"metadata": {"path": str(nb_path.parent)}},
         )
+        peak = [0.0]  # the kernel's peak memory, read after every cell (the kernel ends with the run)
+
+        def read_peak(client=client, peak=peak, **_) -> None:
+            pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
+            if pid:
+                peak[0] = max(peak[0], process_peak_mib(pid))
+
+        client.on_cell_executed = read_peak
         try:
             client.execute()
             status = "ok"
@@ -82,7 +108,7 @@ def run_notebooks(
         if not in_place:
             (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, nb_path if in_place else out_dir / name)
-        print(f"{name:40} {time.time() - start:6.0f} s  {status}", flush=True)
+        print(f"{name:40} {time.time() - start:6.0f} s  {peak[0]:6.0f} MiB peak  {status}", flush=True)
         for number, seconds in slow:
             print(f"{'':4}code cell {number:3}: {seconds:6.1f} s", flush=True)
     print(
@@ -105,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--world-only", action="store_true", help="write the synthetic world, no models")
     r = sub.add_parser("run-notebooks", help="execute the notebooks in order, without a browser")
     r.add_argument("--out", type=Path, default=paths.RUNS_DIR / "executed")
-    r.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01")
+    r.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01; solutions/ for the solutions only")
     r.add_argument(
         "--in-place",
         action="store_true",
@@ -122,7 +148,41 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument(
         "--memory-gb", type=float, default=None, help="GiB to check against (default: the target's)"
     )
+    w = sub.add_parser("wheelhouse", help="every locked package, for an install with no network")
+    w.add_argument("folder", type=Path, help="where the wheels go (a USB stick, a shared drive)")
+    w.add_argument("--platform", default=None, help="linux-x86_64, linux-aarch64, macos-arm64 or "
+                   "windows-x86_64 (default: this machine's)")  # fmt: skip
+    w.add_argument("--python", default=None, help="the learners' Python, e.g. 3.12 (default: this one's)")
+    pf = sub.add_parser("prefetch", help="download a profile's hub models into a cache folder (HF_HOME)")
+    pf.add_argument("profile", help="a profile name (ftlearn profiles)")
+    pf.add_argument("--to", type=Path, required=True, help="the cache folder learners set HF_HOME to")
+    d = sub.add_parser("doctor", help="can this machine run the course? one screen, with fixes")
+    d.add_argument("--no-hub-check", action="store_true", help="do not try to reach the model hub")
     args = parser.parse_args(argv)
+
+    if args.command == "wheelhouse":
+        from ftlearn.workshop import pack
+
+        try:
+            report = pack(args.folder, platform=args.platform, python_version=args.python)
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
+        print(report)
+        return 1 if report.missing else 0
+    if args.command == "prefetch":
+        from ftlearn.workshop import PrefetchError, prefetch
+
+        try:
+            prefetch(args.profile, args.to)
+        except (PrefetchError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "doctor":
+        from ftlearn import doctor
+
+        return doctor.main(check_hub=not args.no_hub_check)
 
     if args.command == "build-tiny":
         if args.world_only:

@@ -27,20 +27,17 @@ from ftlearn.formats import READERS, ROLES, FormatReport, read_text, to_chat
 
 # Only row_length is used here; the rest is re-exported, because notebooks and learners' code
 # import them as `from ftlearn.data import tokenize_chat, check_template, ...`.
+from ftlearn.packing import PackingStats, PaddingStats, packing_stats, padding_stats  # noqa: F401
 from ftlearn.templates import (  # noqa: F401
     GENERATION_MARKER,
     LOSSES,
     OWN_PAD,
     TEMPLATE_CHECKS,
-    PackingStats,
-    PaddingStats,
     TemplateError,
     TemplateProblem,
     TemplateReport,
     TruncationReport,
     check_template,
-    packing_stats,
-    padding_stats,
     row_length,
     show_loss_mask,
     token_lengths,

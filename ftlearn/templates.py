@@ -1,4 +1,4 @@
-"""Chat templates, loss masks and the end of a turn: the token ids a trainer reads, padded or packed (02_datasets, 03_sft)."""
+"""Chat templates, loss masks and the end of a turn: the token ids a trainer reads (02_datasets, 03_sft); padding and packing are `ftlearn.packing`."""
 
 from __future__ import annotations
 
@@ -432,66 +432,3 @@ def _check_collator(tokenizer, examples: list[dict], stop: set, collator, report
     if detail:
         how = "makes its own labels from input_ids" if not kept else "changes the rows' labels"
         report.add("collator", who=who, how=how, detail=" and ".join(detail))
-
-
-# ----------------------------------------------------------------------------- padding vs packing
-
-
-@dataclass
-class PaddingStats:
-    """Tokens spent by padded batches: to the longest in each batch, and to max_length."""
-
-    real_tokens: int
-    tokens_to_longest: int
-    tokens_to_max_length: int
-
-    @property
-    def pad_share_longest(self) -> float:
-        return 1 - self.real_tokens / self.tokens_to_longest if self.tokens_to_longest else 0.0
-
-    @property
-    def pad_share_max_length(self) -> float:
-        total = self.tokens_to_max_length
-        return 1 - self.real_tokens / total if total else 0.0
-
-
-def padding_stats(
-    lengths: Iterable[int], batch_size: int, max_length: int, sort: bool = False
-) -> PaddingStats:
-    """Padding cost of batching `lengths` (cut to max_length) in order, or sorted longest first."""
-    lengths = [min(n, max_length) for n in lengths]  # truncation comes before batching
-    if sort:  # as group_by_length does: similar lengths share a batch
-        lengths.sort(reverse=True)
-    batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
-    longest = sum(len(b) * max(b) for b in batches)
-    return PaddingStats(sum(lengths), longest, len(lengths) * max_length)
-
-
-@dataclass
-class PackingStats:
-    """Blocks used when whole examples are packed into rows of block_size tokens."""
-
-    block_size: int
-    n_sequences: int
-    n_blocks: int
-    real_tokens: int
-    truncated_tokens: int  # cut from examples longer than one block
-
-    @property
-    def waste_share(self) -> float:
-        total = self.n_blocks * self.block_size
-        return 1 - self.real_tokens / total if total else 0.0
-
-
-def packing_stats(lengths: Iterable[int], block_size: int) -> PackingStats:
-    """Greedy best-fit-decreasing packing, as TRL's packing_strategy="bfd": blocks and waste."""
-    lengths = list(lengths)
-    kept = sorted((min(n, block_size) for n in lengths if n > 0), reverse=True)
-    free: list[int] = []  # room left in each block
-    for n in kept:
-        fits = [b for b, room in enumerate(free) if room >= n]
-        if fits:  # the block it fills most tightly
-            free[min(fits, key=free.__getitem__)] -= n
-        else:
-            free.append(block_size - n)
-    return PackingStats(block_size, len(lengths), len(free), sum(kept), sum(lengths) - sum(kept))

@@ -26,7 +26,7 @@ def _loss_tokens_by_hand(answer, example, tokenizer) -> str:
 
 @exercise("02.2")
 def _padding_at_batch_8(answer, lengths: list[int], max_length: int) -> str:
-    from ftlearn.templates import padding_stats
+    from ftlearn.packing import padding_stats
 
     assert isinstance(answer, dict) and {"random", "grouped"} <= set(answer), (
         'give {"random": share, "grouped": share}: the padding share of each'

@@ -22,13 +22,13 @@ def _best_checkpoint(answer, curve, steps_per_epoch: int) -> str:
 
 
 @exercise("03.2")
-def _longer_run(answer, short: float, long: float) -> str:
-    assert answer in ("more", "less"), 'answer "more" or "less": twice the steps forgets ...'
-    truth = "more" if long > short else "less"
+def _shorter_run(answer, short: float, long: float) -> str:
+    assert answer in ("more", "less"), 'answer "more" or "less": half the steps forgets ...'
+    truth = "less" if short < long else "more"
     assert answer == truth, (
-        f"measured: general perplexity {short:.3f} after the short run, {long:.3f} after the long"
+        f"measured: general perplexity {short:.3f} after the short run, {long:.3f} after the full one"
     )
-    return f"General perplexity {short:.3f} -> {long:.3f}: forgetting grows with the steps taken."
+    return f"General perplexity {short:.3f} (half the steps) vs {long:.3f}: forgetting grows with the steps taken."
 
 
 @exercise("03.3")
