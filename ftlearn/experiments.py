@@ -79,18 +79,31 @@ def plot_accuracy_vs_params(table, title: str = "", ax=None):
 
 
 @torch.no_grad()
+def answer_budget(tokenizer, rows: list[dict], margin: int = 4) -> int:
+    """New tokens enough for the longest reference answer of `rows`, its end of turn and `margin`."""
+    longest = max(len(tokenizer(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
+    return longest + 1 + margin
+
+
 def adapter_matrix(
-    peft_model, tokenizer, rows_by_task: dict[str, list[dict]], max_new_tokens: int = 16
+    peft_model, tokenizer, rows_by_task: dict[str, list[dict]], max_new_tokens: int | None = None
 ):
-    """Exact match of every adapter of `peft_model` (rows) on every task (columns), and the base's."""
+    """Exact match of every adapter of `peft_model` (rows) on every task (columns), and the base's.
+
+    Each task gets `max_new_tokens`, or by default `answer_budget` of its own rows: a yes/no
+    question needs a few tokens where a rewrite needs dozens, and an answer that runs past its
+    reference's length is wrong either way.
+    """
     import pandas as pd
 
     from ftlearn.evaluation import evaluate_exact_match
 
+    budget = {task: max_new_tokens or answer_budget(tokenizer, rows) for task, rows in rows_by_task.items()}
+
     def score() -> dict[str, float]:
         return {
             task: evaluate_exact_match(
-                peft_model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=64
+                peft_model, tokenizer, rows, max_new_tokens=budget[task], batch_size=64
             )["exact_match"]
             for task, rows in rows_by_task.items()
         }

@@ -154,7 +154,8 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     # s = 2 at the profile's rank and differ in how s moves with r: alpha = 2r keeps
     # s = alpha / r = 2; alpha fixed at the profile's (the LoRA paper) gives s = 16 / 32 = 0.5 at 4r;
     # rsLoRA (s = alpha / sqrt(r)) with alpha = 2 sqrt(r) = 5.66 gives s = 5.66 / sqrt(32) = 1.
-    # 3 seeds: 12 runs of 20 steps, ~5 s each on the tiny profile; 2 on slow profiles (7 runs).
+    # 3 seeds: 12 runs of 20 steps, ~11 s each on the tiny profile (131 s, measured alone on 2
+    # cores, 2026-12-01); 2 on slow profiles (7 runs).
     seeds = dict(lora_targets=targets, held=after, **short)
     n_seeds = 2 if slow else 3
     for rank, alpha, count in [(r, a, n_seeds - 1), (r, 8 * r, n_seeds - 1),

@@ -38,13 +38,26 @@ def test_adapter_matrix_switches_adapters_and_scores_the_base(tiny_llama, monkey
             return {"exact_match": peft_model(input_ids=ids).logits.sum().item() + len(rows)}
 
     monkeypatch.setattr(ftlearn.evaluation, "evaluate_exact_match", fake_score)
-    table = experiments.adapter_matrix(model, None, {"one row": [{}], "two rows": [{}, {}]})
+    table = experiments.adapter_matrix(model, None, {"one row": [{}], "two rows": [{}, {}]}, max_new_tokens=8)
     assert list(table.index) == ["adapter first", "adapter second", "no adapter (base)"]
     with torch.no_grad():
         base = tiny_llama()(input_ids=ids).logits.sum().item()
     assert table.loc["no adapter (base)", "one row"] == pytest.approx(base + 1, abs=1e-3)
     assert table["two rows"].sub(table["one row"]).tolist() == pytest.approx([1, 1, 1])
     assert table["one row"].nunique() == 3  # each adapter really answered in turn
+
+
+def test_each_task_gets_new_tokens_for_its_longest_answer():
+    from transformers import AutoTokenizer
+
+    from ftlearn.paths import MODELS_DIR
+
+    tok = AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-base")
+    rows = [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": a}]}
+            for a in ("Yes.", "A much longer answer, of many more tokens than the first one.")]
+    longest = len(tok(rows[1]["messages"][-1]["content"], add_special_tokens=False)["input_ids"])
+    assert experiments.answer_budget(tok, rows) == longest + 1 + 4  # the answer, its end of turn, a margin
+    assert experiments.answer_budget(tok, rows[:1], margin=0) < longest
 
 
 def test_train_and_score_trains_the_adapter_only(tmp_path):

@@ -141,3 +141,33 @@ def test_printed_settings_name_no_local_paths():
 
     text = str(SFTSettings(output_dir=str(RUNS_DIR / "03_sft" / "main")))
     assert str(REPO_ROOT) not in text and "runs/03_sft/main" in text
+
+
+def test_a_second_trainer_on_the_same_rows_reuses_trls_preparation(tmp_path):
+    from transformers import AutoTokenizer
+
+    from ftlearn import training
+    from ftlearn.paths import MODELS_DIR
+    from ftlearn.world import load_split
+
+    tok = AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-base")
+    rows = load_split("instructions_train")[:40]
+    settings = SFTSettings(output_dir=str(tmp_path / "a"), max_steps=1, batch_size=4)
+    training._PREPARED.clear()
+    first = training.make_trainer(_tiny(tok), tok, rows, settings)
+    calls = []
+    real = training.to_dataset
+    training.to_dataset = lambda r: calls.append(r) or real(r)
+    try:  # equal rows in a new list: TRL's prepared rows are passed, nothing is tokenized again
+        again = training.make_trainer(_tiny(tok), tok, list(rows), settings)
+    finally:
+        training.to_dataset = real
+    assert calls == [] and again.train_dataset["input_ids"] == first.train_dataset["input_ids"]
+    assert first.train_dataset["labels"][0].count(-100) > 0, "answer-only labels, as TRL builds them"
+    shorter = training.make_trainer(_tiny(tok), tok, rows, SFTSettings(output_dir=str(tmp_path / "b"),
+                                                                       max_steps=1, batch_size=4, max_length=24))
+    assert max(map(len, shorter.train_dataset["input_ids"])) <= 24
+    training._PREPARED.clear()
+    fresh = training.make_trainer(_tiny(tok), tok, rows, settings)
+    assert fresh.train_dataset["input_ids"] == first.train_dataset["input_ids"]
+    assert fresh.train_dataset["labels"] == first.train_dataset["labels"]
