@@ -85,9 +85,9 @@ def _memory(profile) -> Finding:
     from ftlearn.profiles import NOTEBOOK_COSTS
 
     peaks = [c[profile.name][1] for c in NOTEBOOK_COSTS.values() if profile.name in c]
-    need = max(peaks) if peaks else 0.0  # GB, the largest notebook's peak on this profile
+    need = max(peaks) if peaks else 0.0  # GiB, the largest notebook's peak on this profile
     free = psutil.virtual_memory().available / 2**30
-    detail = f"{free:.1f} GiB available; the {profile.name} profile's largest notebook peaks near {need:.1f} GB"
+    detail = f"{free:.1f} GiB available; the {profile.name} profile's largest notebook peaks near {need:.1f} GiB"
     if free < need:
         return Finding("memory", "FAIL", detail, "close other programs, or a smaller profile (FTLEARN_PROFILE=tiny)")
     if free < 1.5 * need:

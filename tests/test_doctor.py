@@ -68,7 +68,7 @@ def test_memory_against_the_profiles_measured_peak(monkeypatch, free_gib, status
     from ftlearn.profiles import get
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=free_gib * 2**30))
-    found = doctor._memory(get("tiny"))  # tiny's largest notebook: ~1.9 GB (NOTEBOOK_COSTS)
+    found = doctor._memory(get("tiny"))  # tiny's largest notebook: ~1.7 GiB (NOTEBOOK_COSTS)
     assert found.status == status, found
 
 
