@@ -112,7 +112,7 @@ class PackReport:
         lines = [f"{len(self.files)} files, {self.mib:,.0f} MiB in {self.folder} for {self.platform} "
                  f"(Python {self.python_version}), in {self.seconds:.0f} s"]  # fmt: skip
         if self.skipped:
-            lines.append(f"{len(self.skipped)} lock lines are for other platforms (their markers): "
+            lines.append(f"{len(self.skipped)} lock lines are for other platforms or Pythons (their markers): "
                          + ", ".join(s.split("=")[0] for s in self.skipped))  # fmt: skip
         if self.missing:
             lines.append(f"NO WHEEL for {self.platform} on the index for {len(self.missing)} package(s): "
