@@ -64,3 +64,17 @@ def test_wrong_answers_fail_with_a_hint():
         check("01.1", truth * 1.1, model=model, tokenizer=tok, text=text)
     with pytest.raises(AssertionError, match="a tenth of the rate ends at 6.50"):
         check("01.4", "lower", fast=[7.0, 3.0], slow=[7.0, 6.5])
+
+
+def test_the_03_checks_follow_the_measured_numbers():
+    # 03.2: does half the steps forget more or less? The truth is read from the two perplexities.
+    check("03.2", "less", short=2.22, long=2.62)
+    with pytest.raises(AssertionError, match="2.220 after the short run, 2.620 after the full one"):
+        check("03.2", "more", short=2.22, long=2.62)
+    check("03.2", "more", short=2.7, long=2.62)  # were it measured so, "more" would be right
+    # 03.3: the broken model's own stop rate, far below the reference's
+    check("03.3", 0.0, broken=0.0, reference=1.0)
+    with pytest.raises(AssertionError, match="give the stop rate you measured"):
+        check("03.3", 0.5, broken=0.0, reference=1.0)
+    with pytest.raises(AssertionError, match="train it on the broken template"):
+        check("03.3", 0.8, broken=0.8, reference=1.0)
