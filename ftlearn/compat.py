@@ -221,6 +221,26 @@ def add_trl_fused_lm_head(model, outputs: tuple[str, ...] = SFT_FUSED_OUTPUTS) -
     add_fused_lm_head(base, outputs=outputs)
 
 
+def remove_trl_forward_patch(model) -> int:
+    """Restore the class's own `forward` on every module TRL's fused LM head patched; returns how many.
+
+    `add_fused_lm_head` (SFTTrainer does it) sets `module.forward` on the instance, a wrapper that
+    calls the forward it replaced through a closure. A deep copy of the model keeps that closure, so
+    the copy's forward runs the *original* module: a merged copy would silently compute with the
+    unmerged adapters (07 measured "merged" latency equal to the adapter's, and a logit difference
+    of exactly 0). After training, and on every copy, the patch has no use (the wrapper calls the
+    plain forward unless `fused_lm_head=True`), so it is removed.
+    """
+    removed = 0
+    for module in model.modules():
+        patched = module.__dict__.get("forward")
+        code = getattr(getattr(patched, "__func__", None), "__code__", None)  # functools.wraps renames it, not its code
+        if code is not None and code.co_name == "_fused_forward":
+            del module.forward
+            removed += 1
+    return removed
+
+
 def undo_trl_adapter_cast(model, dtype) -> int:
     """Cast `model`'s trainable tensors back to `dtype`; returns how many were cast.
 

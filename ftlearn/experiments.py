@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ftlearn.compat import remove_trl_forward_patch
 from ftlearn.estimator import MiB
 from ftlearn.lora import trainable_report
 from ftlearn.measure import adamw_state_bytes
@@ -32,6 +33,7 @@ def train_and_score(
     trainer = make_trainer(model, tokenizer, train, settings, peft_config=peft_config)
     result = trainer.train()
     trained = trainer.model  # the PeftModel when peft_config was given, else `model` itself
+    remove_trl_forward_patch(trained)  # a copy of it (merging, peaks) must not run this model
     scores = evaluate_exact_match(
         trained, tokenizer, test, max_new_tokens=max_new_tokens, batch_size=64
     )

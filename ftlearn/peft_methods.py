@@ -18,7 +18,7 @@ import torch
 from peft import IA3Config, PeftConfig, PrefixTuningConfig, PromptTuningConfig
 from torch import nn
 
-from ftlearn.compat import make_config
+from ftlearn.compat import make_config, remove_trl_forward_patch
 from ftlearn.lora import lora_config
 from ftlearn.profiles import Profile
 from ftlearn.shapes import LLAMA_LINEAR, as_shape, lora_params
@@ -295,7 +295,9 @@ def plot_methods(table, title: str = ""):
 def merged_copy(model: nn.Module) -> tuple[nn.Module | None, str]:
     """`merge_and_unload()` on a deep copy of `model`: (merged model, "merged"), or (None, peft's refusal)."""
     try:  # a copy: merging replaces the adapter layers in place, and the notebook still needs them
-        merged = copy.deepcopy(model).merge_and_unload()
+        twin = copy.deepcopy(model)
+        remove_trl_forward_patch(twin)  # else the copy's forward runs the original (ftlearn.compat)
+        merged = twin.merge_and_unload()
     except (AttributeError, ValueError, NotImplementedError) as err:
         return None, f"{type(err).__name__}: {str(err).splitlines()[0]}"
     return merged, "merged"

@@ -352,3 +352,28 @@ def test_plot_sweep_draws_a_line_per_method():
     sweep = pd.DataFrame({1e-3: [0.1, None], 3e-3: [0.5, 0.2], 9e-3: [None, 0.3]}, index=["a", "b"])
     fig = plot_sweep(sweep, "sweep")
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xscale() == "log"
+
+
+def test_a_merged_copy_of_a_trl_trained_model_computes_with_its_own_weights(tiny_llama):
+    # TRL's fused LM head patches `forward` on the instance through a closure: a deep copy kept
+    # calling the original, so a "merged" copy ran the unmerged adapters (07's latency, 2026-12-01).
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from ftlearn.compat import add_trl_fused_lm_head, remove_trl_forward_patch
+    from ftlearn.peft_methods import merged_copy
+
+    model = tiny_llama()
+    add_trl_fused_lm_head(model)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False))
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    stale = copy.deepcopy(peft).merge_and_unload()
+    with torch.no_grad():
+        peft.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.mul_(0)  # the original moves
+        unmerged_now = peft(input_ids=ids).logits
+        assert torch.equal(stale(input_ids=ids).logits, unmerged_now), "the bug: the copy ran the original"
+        merged, _ = merged_copy(peft)
+        peft.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.add_(1)
+        assert not torch.allclose(merged(input_ids=ids).logits, peft(input_ids=ids).logits), "the merged copy is its own"
+    assert remove_trl_forward_patch(model) == 1, "merged_copy removed it on the copy; the original kept its own"
