@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 
 def probe(repeats: int = 2) -> list[float]:
@@ -25,7 +26,7 @@ def probe(repeats: int = 2) -> list[float]:
     profile = profiles.get("tiny")
     _, tok = load(profile, "base")
     train, test = ([r for r in load_split(f"instructions_{s}") if r["task"] == "short_answer"] for s in ("train", "test"))
-    sized = plan.run(profile, "04_lora/lora")
+    sized = replace(plan.run(profile, "04_lora/lora"), batch_size=16, max_steps=20)  # fixed: 04 moved to 8
     seconds = []
     for _ in range(repeats):
         model, _ = load(profile, "base", method="lora")

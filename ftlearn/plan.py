@@ -102,7 +102,10 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     p = profile
     r, a, targets = p.lora_r, p.lora_alpha, tuple(p.lora_targets)
     lora = dict(lora_r=r, lora_alpha=a, lora_targets=targets)
-    half = max(1, p.batch_size // 2)  # 04 and 07: half the batch, twice the updates per example
+    half = max(1, p.batch_size // 2)  # 07: half the batch, twice the updates per example
+    # 04 trains 20 short runs: on a CPU a quarter of the batch (8 on tiny; 2 at least), the same 20
+    # updates on half 07's examples, so that the notebook fits its 3 minutes (issue 9)
+    b04 = half if p.device == "cuda" else max(2, p.batch_size // 4)
     quarter = max(1, p.batch_size // 4)
     short = dict(rows="short_answer")
     # fmt: off
@@ -112,24 +115,24 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     # shrinks to what still shows its point, so the notebook stays within minutes (00's cost table).
     fine_tuned = ("base:full",)
     slow = p.max_steps > 0
-    val = 16 if slow else 128
+    val = 16 if slow else 64
     runs = [
         Run("03_sft/main", "base", "full", p.batch_size, p.max_steps, val_rows=32 if slow else 128,
             eval_steps=64),
         Run("03_sft/overfit", "base", "full", 4 if slow else 8, -1, epochs=10 if slow else 16,
-            held=fine_tuned, train_rows=8 if slow else 32, val_rows=val,
-            eval_steps=4 if slow else 8, note="8 examples x 10 epochs (20 steps of 4) on slow "
-            "profiles, else 32 x 16 (64 steps of 8)"),
+            held=fine_tuned, train_rows=8 if slow else 16, val_rows=val,
+            eval_steps=4, note="8 examples x 10 epochs (20 steps of 4) on slow "
+            "profiles, else 16 x 16 (32 steps of 8)"),
         Run("03_sft/learning rate", "base", "full", min(16, p.batch_size), 12 if slow else 24,
             held=fine_tuned, count=3, train_rows=48 if slow else 384, val_rows=val,
             eval_steps=4 if slow else 8, note="the profile's rate / 10, x 1, x 3"),
-        Run(f"03_sft/batch {p.batch_size} x 1", "base", "full", p.batch_size, 4, held=fine_tuned),
-        Run(f"03_sft/batch {quarter} x 4", "base", "full", quarter, 4, grad_accum=4,
+        Run(f"03_sft/batch {p.batch_size} x 1", "base", "full", p.batch_size, 2, held=fine_tuned),
+        Run(f"03_sft/batch {quarter} x 4", "base", "full", quarter, 2, grad_accum=4,
             held=fine_tuned, note="as many examples a step as the run above"),
-        Run(f"03_sft/batch {quarter} x 4 + checkpointing", "base", "full", quarter, 4,
+        Run(f"03_sft/batch {quarter} x 4 + checkpointing", "base", "full", quarter, 2,
             grad_accum=4, gradient_checkpointing=True, held=fine_tuned),
-        Run("03_sft/resume", "base", "full", 4 if slow else 8, 6 if slow else 20,
-            held=fine_tuned, count=3, train_rows=24 if slow else 160,
+        Run("03_sft/resume", "base", "full", 4 if slow else 8, 6 if slow else 10,
+            held=fine_tuned, count=3, train_rows=24 if slow else 80,
             note="uninterrupted; interrupted halfway; resumed"),
     ]
     # 04_lora, on short answers: the base model (fp32, inference), the hand-made LoRA model and
@@ -137,8 +140,8 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     before = ("base:full", "base:lora", "base:lora")
     after = (*before, "base:full")
     runs += [
-        Run("04_lora/full", "base", "full", half, 20, held=before, **short),
-        Run("04_lora/lora", "base", "lora", half, 20, held=("base:full", "base:lora", "base:full"),
+        Run("04_lora/full", "base", "full", b04, 20, held=before, **short),
+        Run("04_lora/lora", "base", "lora", b04, 20, held=("base:full", "base:lora", "base:full"),
             **short, **lora, note="the notebook's own LoRALinear; its twin and 04_lora/full held"),
         Run("04_lora/peak full", "base", "full", p.batch_size, loss="logits", autocast=False,
             held=after, **short, note="training_peak: 2 steps on a copy of the trained model"),
@@ -147,40 +150,40 @@ def catalogue(profile: Profile) -> dict[str, Run]:
     ]
     # ranks at alpha = 2r, then alphas at the profile's rank (whose run is 04_lora/lora)
     for rank, alpha in [(1, 2), (2, 4), (4 * r, 8 * r), (r, r // 2), (r, 8 * r)]:
-        runs.append(Run(f"04_lora/r{rank}-alpha{alpha}", "base", "lora", half, 20, held=after,
+        runs.append(Run(f"04_lora/r{rank}-alpha{alpha}", "base", "lora", b04, 20, held=after,
                         lora_r=rank, lora_alpha=alpha, lora_targets=targets, **short))
     # Section 5's seeds (settings seed: LoRA's random A and the data order). `count` = the seeds
     # run here, after seed 0 where the sweep above ran it. Three rules for the scaling s all give
     # s = 2 at the profile's rank and differ in how s moves with r: alpha = 2r keeps
     # s = alpha / r = 2; alpha fixed at the profile's (the LoRA paper) gives s = 16 / 32 = 0.5 at 4r;
     # rsLoRA (s = alpha / sqrt(r)) with alpha = 2 sqrt(r) = 5.66 gives s = 5.66 / sqrt(32) = 1.
-    # 3 seeds: 12 runs of 20 steps, ~11 s each on the tiny profile (131 s, measured alone on 2
-    # cores, 2026-12-01); 2 on slow profiles (7 runs).
+    # 3 seeds: 12 runs of 20 steps of 8, ~7.5 s each on the tiny profile (91 s, measured alone on
+    # 2 cores, 2026-12-01; 131 s at batch 16); 2 on slow profiles (7 runs).
     seeds = dict(lora_targets=targets, held=after, **short)
     n_seeds = 2 if slow else 3
     for rank, alpha, count in [(r, a, n_seeds - 1), (r, 8 * r, n_seeds - 1),
                                (4 * r, 8 * r, n_seeds - 1), (4 * r, a, n_seeds)]:
-        runs.append(Run(f"04_lora/seeds r{rank}-alpha{alpha}", "base", "lora", half, 20,
+        runs.append(Run(f"04_lora/seeds r{rank}-alpha{alpha}", "base", "lora", b04, 20,
                         lora_r=rank, lora_alpha=alpha, count=count, **seeds))
-    runs.append(Run(f"04_lora/use_rslora r{4 * r}", "base", "lora", half, 20, lora_r=4 * r,
+    runs.append(Run(f"04_lora/use_rslora r{4 * r}", "base", "lora", b04, 20, lora_r=4 * r,
                     lora_alpha=2 * r**0.5, count=n_seeds, note="use_rslora=True: s = alpha / sqrt(r)",
                     **seeds))
-    runs.append(Run("04_lora/exercise lr x4", "base", "lora", half, 20, held=after, **short, **lora,
+    runs.append(Run("04_lora/exercise lr x4", "base", "lora", b04, 20, held=after, **short, **lora,
                     note="exercise 04.3: the profile's rank and alpha at 4x the learning rate"))
     runs += [
-        Run("04_lora/attention-only", "base", "lora", half, 20, held=after, lora_r=r,
+        Run("04_lora/attention-only", "base", "lora", b04, 20, held=after, lora_r=r,
             lora_alpha=a, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), **short),
         # the previous adapter's model is still in memory while the next one loads
-        Run("04_lora/adapter-yes_no", "base", "lora", half, 20, rows="yes_no", **lora,
+        Run("04_lora/adapter-yes_no", "base", "lora", b04, 20, rows="yes_no", **lora,
             held=(*after, "base:lora")),
-        Run("04_lora/adapter-rewrite", "base", "lora", half, 30, rows="rewrite", **lora,
+        Run("04_lora/adapter-rewrite", "base", "lora", b04, 30, rows="rewrite", **lora,
             held=(*after, "base:lora"), note="a rewrite is a longer answer to learn: 30 steps"),
     ]
     # 06_qlora: section 1's 4-bit model stays in memory. Sections 2 and 3 compare the methods on
     # the profile's base model: the comparison needs one model that all three fit, and full
     # fine-tuning of the QLoRA model does not (SmolLM2-1.7B: ~26 GiB, on a T4's 15).
     section1 = ("qlora:qlora",)
-    steps, batch = 40, min(p.batch_size, 16)
+    steps, batch = 30, min(p.batch_size, 16)  # 30 x 16: 06 within its 3 minutes on tiny (issue 9)
     fixed = dict(seq_len=128, loss="logits", autocast=False, held=section1, **lora)
     qlora = dict(gradient_checkpointing=True, lora_dropout=0.05)
     optimizer8 = "paged_adamw_8bit" if p.device == "cuda" else "adamw_8bit"  # paging needs CUDA
