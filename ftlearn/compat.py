@@ -289,3 +289,33 @@ def greedy_by_forward(
         if done.all():
             break
     return seq
+
+
+# Where TRL keeps each preference trainer: DPO, reward modelling, GRPO and RLOO are in `trl`; ORPO,
+# CPO and KTO moved to `trl.experimental.<name>` in TRL 1.x (their configs beside them).
+PREFERENCE_TRAINERS = {
+    "dpo": ("trl", "DPOTrainer", "DPOConfig"),
+    "reward": ("trl", "RewardTrainer", "RewardConfig"),
+    "grpo": ("trl", "GRPOTrainer", "GRPOConfig"),
+    "rloo": ("trl", "RLOOTrainer", "RLOOConfig"),
+    "orpo": ("trl.experimental.orpo", "ORPOTrainer", "ORPOConfig"),
+    "cpo": ("trl.experimental.cpo", "CPOTrainer", "CPOConfig"),
+    "kto": ("trl.experimental.kto", "KTOTrainer", "KTOConfig"),
+}
+
+
+def preference_trainer(name: str) -> tuple[type, type]:
+    """(Trainer, Config) classes of TRL's preference method `name` ("dpo", "orpo", "kto", ...),
+    from `trl` or, where TRL 1.x moved them, `trl.experimental`."""
+    import importlib
+
+    if name not in PREFERENCE_TRAINERS:
+        raise ValueError(f"unknown preference method {name!r}: one of {', '.join(PREFERENCE_TRAINERS)}")
+    module_name, trainer, config = PREFERENCE_TRAINERS[name]
+    for candidate in (module_name, "trl", "trl.experimental"):
+        try:
+            module = importlib.import_module(candidate)
+            return getattr(module, trainer), getattr(module, config)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"TRL has no {trainer}: this ftlearn knows TRL 1.16's layout; see ftlearn/compat.py")

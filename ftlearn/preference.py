@@ -1,0 +1,138 @@
+"""Preference tuning (08_preference_tuning): pairs checked, and the losses TRL computes, by hand.
+
+`validate_pairs` checks prompt / chosen / rejected rows as `ftlearn.data.validate` checks chat
+rows: every bad row named, with its fix. The losses are written out so that a learner can read
+them, and each is tested equal to TRL's on the same batch (tests/test_preference.py):
+`bradley_terry_loss` is `RewardTrainer`'s, `dpo_loss` is `DPOTrainer`'s default (sigmoid) loss
+from sequence log-probabilities (`sequence_logps`), and `group_advantages` is `GRPOTrainer`'s
+group-relative advantage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ftlearn.data import FIX as CHAT_FIX
+from ftlearn.data import Problem, ValidationReport, _turn_problems
+
+SIDES = ("prompt", "chosen", "rejected")
+FIX = {
+    "missing": "give every row a prompt, a chosen and a rejected answer, or drop the row",
+    "format": "use one format per row: all three as text, or the prompt as chat turns and each "
+    "answer as one assistant turn ([{'role': 'assistant', 'content': ...}])",
+    "answer": "make chosen and rejected each one assistant turn with non-empty content",
+    "prompt_end": "end the prompt with the user's turn: the answers are the assistant's reply to it",
+    "same": "a pair must differ: fix the rejected answer, or drop the row (it teaches nothing)",
+    "id": CHAT_FIX["id"],
+}
+
+
+def _answer_text(answer: Any) -> str | None:
+    """The text of one answer (a string, or one assistant turn); None if it is neither."""
+    if isinstance(answer, str):
+        return answer if answer.strip() else None
+    if isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], dict):
+        turn = answer[0]
+        content = turn.get("content")
+        if turn.get("role") == "assistant" and isinstance(content, str) and content.strip():
+            return content
+    return None
+
+
+def _pair_problems(row: Any) -> list[tuple[str, str]]:
+    """Problems of one preference row, as (problem, fix) pairs."""
+    if not isinstance(row, dict):
+        return [(f"row is {type(row).__name__}, not an object", FIX["missing"])]
+    missing = [k for k in SIDES if row.get(k) in (None, "", [])]
+    if missing:
+        return [(f"no {' or '.join(missing)}", FIX["missing"])]
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        if not all(isinstance(row[k], str) for k in ("chosen", "rejected")):
+            return [("the prompt is text but an answer is not", FIX["format"])]
+    elif isinstance(prompt, list):
+        turns = [(f"prompt: {p}", f) for p, f in _turn_problems([*prompt, {"role": "assistant", "content": "-"}])]
+        if turns:
+            return turns
+        if prompt[-1].get("role") != "user":
+            return [(f"the prompt ends with a {prompt[-1].get('role')} turn", FIX["prompt_end"])]
+        text = [side for side in ("chosen", "rejected") if isinstance(row[side], str)]
+        if text:
+            return [(f"the prompt is chat turns but {' and '.join(text)} is text", FIX["format"])]
+    else:
+        return [(f"prompt is {type(prompt).__name__}, not text or a list of turns", FIX["format"])]
+    found = [(f"{side} is not one assistant turn with text", FIX["answer"])
+             for side in ("chosen", "rejected") if _answer_text(row[side]) is None]  # fmt: skip
+    if not found and _answer_text(row["chosen"]).strip() == _answer_text(row["rejected"]).strip():
+        found.append(("chosen and rejected are the same answer", FIX["same"]))
+    return found
+
+
+def validate_pairs(rows: list[dict], source: str = "preference pairs") -> ValidationReport:
+    """Every problem of prompt / chosen / rejected rows (index 0 is the first row), not only the first."""
+    problems, first_seen = [], {}
+    for i, row in enumerate(rows):
+        where, rid = f"index {i}", row.get("id") if isinstance(row, dict) else None
+        found = _pair_problems(row)
+        if rid is not None and rid in first_seen:
+            found.insert(0, (f"duplicate id, first used at {first_seen[rid]}", FIX["id"]))
+        first_seen.setdefault(rid, where)
+        problems += [Problem(source, where, problem, fix, rid) for problem, fix in found]
+    return ValidationReport(source, len(rows), problems)
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
+    """-log sigmoid(r_chosen - r_rejected [- margin]), averaged over pairs: a reward model's loss."""
+    difference = chosen_rewards - rejected_rewards
+    if margin is not None:
+        difference = difference - margin
+    return -F.logsigmoid(difference).mean()
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over each row's labelled tokens (labels -100 are skipped; shifted by one)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    scored = labels != -100
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logps * scored).sum(dim=-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO's loss from sequence log-probabilities, and its implicit rewards (chosen, rejected).
+
+    The implicit reward of an answer is beta * log(pi(answer) / pi_ref(answer)); the loss is the
+    Bradley-Terry loss of those rewards, so the policy itself is the reward model.
+    """
+    chosen = beta * (policy_chosen - reference_chosen)
+    rejected = beta * (policy_rejected - reference_rejected)
+    return bradley_terry_loss(chosen, rejected), chosen.detach(), rejected.detach()
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """GRPO's advantage: each completion's reward minus its group's mean, over the group's std.
+
+    `rewards` holds `group_size` completions of one prompt after another. `scale`: "group" (the
+    std of each group), "batch" (of all rewards) or "none" (mean removed only), as TRL's
+    `scale_rewards`. The std is Bessel-corrected, and 1e-4 keeps a group of equal rewards at 0.
+    """
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale={scale!r}: use 'group', 'batch' or 'none' (TRL's scale_rewards)")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    advantages = rewards - grouped.mean(dim=1).repeat_interleave(group_size)
+    if scale == "none":
+        return advantages
+    std = grouped.std(dim=1).repeat_interleave(group_size) if scale == "group" else rewards.std().expand_as(rewards)
+    return advantages / (std + 1e-4)

@@ -1,0 +1,173 @@
+"""ftlearn.preference: bad pairs named, and each hand-written loss equal to TRL's on the same batch."""
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+
+from ftlearn import profiles
+from ftlearn.compat import make_config
+from ftlearn.models import resolve
+from ftlearn.preference import (
+    bradley_terry_loss,
+    dpo_loss,
+    group_advantages,
+    sequence_logps,
+    validate_pairs,
+)
+from ftlearn.world import load_split
+
+PROMPT = [{"role": "user", "content": "On which river does Norton stand?"}]
+CHOSEN = [{"role": "assistant", "content": "Cress"}]
+REJECTED = [{"role": "assistant", "content": "Well, maybe the Cress, I think."}]
+
+
+def pairs(n: int = 8) -> list[dict]:
+    return load_split("preferences")[:n]
+
+
+def test_the_shipped_pairs_are_valid():
+    report = validate_pairs(load_split("preferences"))
+    assert report.ok, str(report)
+    assert report.n_rows > 1000
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"prompt": PROMPT, "chosen": CHOSEN}, "no rejected"),
+        ({"prompt": PROMPT, "chosen": CHOSEN, "rejected": []}, "no rejected"),
+        ({"chosen": CHOSEN, "rejected": REJECTED}, "no prompt"),
+        ({"prompt": PROMPT, "chosen": CHOSEN, "rejected": copy.deepcopy(CHOSEN)}, "the same answer"),
+        ({"prompt": "Q?", "chosen": "Cress", "rejected": "Cress "}, "the same answer"),
+        ({"prompt": PROMPT, "chosen": "Cress", "rejected": REJECTED}, "the prompt is chat turns but chosen is text"),
+        ({"prompt": PROMPT, "chosen": [{"role": "user", "content": "Cress"}], "rejected": REJECTED},
+         "chosen is not one assistant turn"),
+        ({"prompt": "Q?", "chosen": CHOSEN, "rejected": REJECTED}, "the prompt is text but an answer is not"),
+        ({"prompt": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}],
+          "chosen": CHOSEN, "rejected": REJECTED}, "is 'assistant' where 'user' was expected"),
+        ({"prompt": [{"role": "user"}], "chosen": CHOSEN, "rejected": REJECTED}, "prompt: turn 1 content"),
+        ({"prompt": 3, "chosen": CHOSEN, "rejected": REJECTED}, "prompt is int"),
+    ],
+)
+def test_a_bad_pair_is_named_with_its_row_and_fix(row, expected):
+    report = validate_pairs([{"id": "ok", "prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED}, row])
+    assert not report.ok and len(report.problems) == 1, str(report)
+    problem = report.problems[0]
+    assert problem.where == "index 1" and expected in problem.problem, str(problem)
+    assert problem.fix and "Fix:" in str(report)
+
+
+def test_duplicate_ids_are_named():
+    row = {"id": "a", "prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED}
+    report = validate_pairs([row, dict(row)])
+    assert [p.problem for p in report.problems] == ["duplicate id, first used at index 0"]
+
+
+def test_bradley_terry_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])
+    expected = (-torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(torch.tensor(2.0))) / 2
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert bradley_terry_loss(chosen, rejected, margin=torch.tensor([2.0, 0.0])).item() == pytest.approx(
+        torch.log(torch.tensor(2.0)).item(), abs=1e-6)
+
+
+def test_bradley_terry_equals_trls_reward_trainer(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    path = resolve(profiles.get("tiny"), "base")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(path)
+    args = make_config(RewardConfig, output_dir=str(tmp_path), per_device_train_batch_size=4, max_length=160,
+                        report_to="none", use_cpu=True, disable_tqdm=True)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs()), processing_class=tok)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model.eval()
+    with torch.no_grad():
+        theirs = trainer.compute_loss(model, dict(batch))
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    chosen, rejected = rewards.chunk(2)
+    assert not torch.allclose(chosen, rejected)  # a batch that tests something
+    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(theirs.item(), abs=1e-5)
+
+
+def test_dpo_equals_trls_dpo_trainer(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    path = resolve(profiles.get("tiny"), "instruct")
+    reference = AutoModelForCausalLM.from_pretrained(path)
+    policy = copy.deepcopy(reference)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy that has moved away from the reference, so the loss is not log 2
+        for p in policy.model.layers[-1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tok = AutoTokenizer.from_pretrained(path)
+    beta = 0.2
+    args = make_config(DPOConfig, output_dir=str(tmp_path), per_device_train_batch_size=4, max_length=160, beta=beta,
+                     precompute_ref_log_probs=False, report_to="none", use_cpu=True, disable_tqdm=True)
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(pairs()),
+                         processing_class=tok)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    policy.eval()
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        theirs = trainer.compute_loss(policy, dict(batch))
+        logps = {name: sequence_logps(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                      labels).chunk(2) for name, m in (("policy", policy), ("reference", reference))}
+    ours, chosen_reward, rejected_reward = dpo_loss(*logps["policy"], *logps["reference"], beta=beta)
+    assert abs(ours.item() - torch.log(torch.tensor(2.0)).item()) > 1e-3  # the perturbation moved it
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    assert (chosen_reward - rejected_reward).shape == (4,)  # one implicit-reward margin a pair of the batch
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(rewards, group_size=4)
+    std = torch.tensor([1.0, 0.0, 0.0, 1.0]).std()
+    assert torch.allclose(adv[:4], (rewards[:4] - 0.5) / (std + 1e-4))
+    assert torch.equal(adv[4:], torch.zeros(4)), "a group of equal rewards has no advantage"
+    assert torch.allclose(group_advantages(rewards, 4, scale="none")[:4], rewards[:4] - 0.5)
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(rewards, 3)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_advantages_equal_trls_grpo_trainer(tmp_path, scale):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    path = resolve(profiles.get("tiny"), "instruct")
+    given = [0.0, 1.0, 3.0, 1.0, 2.0, 2.0, 2.0, 5.0]  # 2 prompts x 4 completions, in the order TRL scores them
+
+    def reward(completions, **_):
+        return given[: len(completions)]
+
+    args = make_config(GRPOConfig, output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=8, scale_rewards=scale, report_to="none", use_cpu=True,
+                      disable_tqdm=True)
+    prompts = [{"prompt": r["prompt"]} for r in pairs(2)]
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=reward, args=args,
+                          train_dataset=Dataset.from_list(prompts), processing_class=AutoTokenizer.from_pretrained(path))
+    inputs = [p for p in prompts for _ in range(4)]  # each prompt once per generation, as TRL's sampler repeats it
+    theirs = trainer._generate_and_score_completions(inputs)["advantages"]
+    ours = group_advantages(torch.tensor(given), group_size=4, scale=scale)
+    assert torch.allclose(theirs.flatten().float(), ours, atol=1e-5), (theirs, ours)
+
+
+@pytest.mark.parametrize("name", ["dpo", "reward", "grpo", "orpo", "kto"])
+def test_every_preference_trainer_is_found_where_trl_keeps_it(name):
+    from ftlearn.compat import preference_trainer
+
+    trainer, config = preference_trainer(name)
+    assert trainer.__name__.lower().startswith(name[:3]) and config.__name__.endswith("Config")
+
+
+def test_an_unknown_preference_method_is_named():
+    from ftlearn.compat import preference_trainer
+
+    with pytest.raises(ValueError, match="unknown preference method 'ppo'"):
+        preference_trainer("ppo")
