@@ -314,11 +314,11 @@ def setup(
 
 
 # What each notebook needs, per profile: (minutes, peak memory in GiB). The tiny column is
-# measured on 2 cores, 2026-12-01 (`ftlearn run-notebooks --timings`: wall time and the kernel's
-# peak RSS): 00, 01, 02, 04 and 07 alone on a quiet machine; 03, 05 and 06 in an hour when the
-# machine ran at half speed (a fixed reference LoRA run: 10.1 s quiet, 18.7-21.3 s then), their
-# times divided by that factor (1.9). Peaks are unaffected by speed. 03, 04 and 06 are over the
-# 3-minute budget (issue 9).
+# measured on 2 cores (`ftlearn run-notebooks --timings`: wall time and the kernel's peak RSS), after
+# issue 9's trims, in one `make notebooks` run, 2026-12-02 01:02-01:46, while the machine ran slow
+# (the fixed reference LoRA run of benchmarks/speed_probe.py: 16.5 s before, 11.8 s after; 10.1 s
+# in a quiet period); 07 alone at 01:50 (in the make run it stalled 15 min outside its cells).
+# Peaks are unaffected by speed. Over the 3-minute budget in that run: 01, 03, 04 and 06 (issue 9).
 # smol, on 2 CPU cores, 2026-12-01, with the smol profile's current sizes: 00 and 02 measured end
 # to end; 01, 03 and 04 measured up to a timeout, the rest of them and 05-07 counted from unit costs
 # measured here (full fine-tuning ~30 tokens/s per core, forward ~100, scoring 32 rows x 40 tokens
@@ -331,56 +331,56 @@ def setup(
 # smol-hub, t4 and gpu-large are estimates from the models' sizes, until someone runs them there.
 NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
     "00_setup": {
-        "tiny": (0.2, 0.5),
+        "tiny": (0.3, 0.5),
         "smol": (0.5, 1.1),
         "smol-hub": (0.3, 0.6),
         "t4": (0.3, 1),
         "gpu-large": (0.3, 1),
     },
     "01_foundation_vs_instruct": {
-        "tiny": (2.7, 1.6),
+        "tiny": (3.5, 1.6),
         "smol": (3, 5.5),
         "smol-hub": (3, 2),
         "t4": (2, 2),
         "gpu-large": (3, 8),
     },
     "02_datasets": {
-        "tiny": (0.5, 0.6),
+        "tiny": (0.8, 0.6),
         "smol": (0.5, 0.7),
         "smol-hub": (1, 1.5),
         "t4": (1, 1.5),
         "gpu-large": (1, 1.5),
     },
     "03_sft": {
-        "tiny": (4.8, 1.7),
+        "tiny": (6.9, 1.4),
         "smol": (24, 5),
         "smol-hub": (20, 4),
         "t4": (8, 7),
         "gpu-large": (15, 35),
     },
     "04_lora": {
-        "tiny": (4.9, 1.2),
+        "tiny": (4.0, 1.1),
         "smol": (20, 5),
         "smol-hub": (20, 3),
         "t4": (8, 4),
         "gpu-large": (15, 20),
     },
     "05_quantization": {
-        "tiny": (1.7, 1.2),
+        "tiny": (2.3, 1.2),
         "smol": (7, 3),
         "smol-hub": (5, 3),
         "t4": (5, 6),
         "gpu-large": (8, 20),
     },
     "06_qlora": {
-        "tiny": (3.7, 1.4),
+        "tiny": (3.2, 1.4),
         "smol": (10, 4),
         "smol-hub": (20, 3),
         "t4": (10, 6),
         "gpu-large": (20, 25),
     },
     "07_peft_methods": {
-        "tiny": (2.9, 1.5),
+        "tiny": (3.0, 1.6),
         "smol": (6, 4),
         "smol-hub": (25, 3),
         "t4": (10, 5),
@@ -391,7 +391,7 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
 
 # Where each column of NOTEBOOK_COSTS comes from, shown in the table's header.
 COST_SOURCES = {
-    "tiny": "measured; 03, 05, 06 scaled",
+    "tiny": "measured, a slow hour",
     "smol": "00, 02 measured; others counted from measured step costs",
     "smol-hub": "estimate",
     "t4": "estimate",
