@@ -57,16 +57,16 @@ PROFILES: dict[str, Profile] = {
             dtype="float32",
             batch_size=32,
             max_length=160,
-            sft_epochs=1.5,  # 2,712 instructions / batch 32 = 85 steps an epoch: 128 steps (03_sft's main run)
+            sft_epochs=1.5,  # 2,712 instructions / batch 32 = 85 steps an epoch (03's main run: 0.6 of 16, plan.py)
             max_steps=-1,
-            learning_rate=3e-4,  # exact match on the test split, 03_sft: 2 epochs 82%, 3 epochs 89%
+            learning_rate=3e-4,  # 03_sft, exact match on the test split: 0.6 epochs of 16 64% (6e-4: 49%)
             lora_learning_rate=3e-3,
             lora_r=8,  # all linear layers at r=8: 4.5% of the weights; r=16 would be 9% (04_lora)
             lora_alpha=16,
             lora_targets=LLAMA_LINEAR,
             eval_rows=400,  # the whole test split (340 rows): ~10 s of generation
             cost="tiny-base, fp32: 13 MiB to load, ~0.9 GiB to fully fine-tune at batch 32 (03_sft measures it)",
-            expected="each notebook under 3 min on 2 CPU cores, under 2 GB RAM",
+            expected="each notebook 1-4 min on 2 CPU cores (00's cost table has each), under 2 GB RAM",
         ),
         Profile(
             name="smol",
@@ -318,7 +318,8 @@ def setup(
 # issue 9's trims, in one `make notebooks` run, 2026-12-02 01:02-01:46, while the machine ran slow
 # (the fixed reference LoRA run of benchmarks/speed_probe.py: 16.5 s before, 11.8 s after; 10.1 s
 # in a quiet period); 07 alone at 01:50 (in the make run it stalled 15 min outside its cells).
-# Peaks are unaffected by speed. Over the 3-minute budget in that run: 01, 03, 04 and 06 (issue 9).
+# Peaks are unaffected by speed. Over the 3-minute budget in that run: 01, 03, 04 and 06 (issue 9);
+# 03 then trimmed again and measured alone.
 # smol, on 2 CPU cores, 2026-12-01, with the smol profile's current sizes: 00 and 02 measured end
 # to end; 01, 03 and 04 measured up to a timeout, the rest of them and 05-07 counted from unit costs
 # measured here (full fine-tuning ~30 tokens/s per core, forward ~100, scoring 32 rows x 40 tokens
@@ -352,7 +353,7 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "gpu-large": (1, 1.5),
     },
     "03_sft": {
-        "tiny": (6.9, 1.4),
+        "tiny": (3.2, 1.5),  # 190 s alone after its second trim, 2026-12-02 (reference run 11.6-16.3 s)
         "smol": (24, 5),
         "smol-hub": (20, 4),
         "t4": (8, 7),
