@@ -171,3 +171,29 @@ def test_an_unknown_preference_method_is_named():
 
     with pytest.raises(ValueError, match="unknown preference method 'ppo'"):
         preference_trainer("ppo")
+
+
+@pytest.mark.parametrize("name", ["reward", "dpo", "grpo"])
+def test_trainer_config_takes_the_profiles_precision_not_trls_bf16_default(tmp_path, name):
+    from ftlearn.compat import preference_trainer
+    from ftlearn.preference import trainer_config
+
+    _, config_class = preference_trainer(name)
+    assert make_config(config_class, output_dir=str(tmp_path), use_cpu=True).bf16, "TRL's default this guards against"
+    sizes = dict(per_device_train_batch_size=8, **({"num_generations": 4} if name == "grpo" else {}))
+    args = trainer_config(profiles.get("tiny"), config_class, str(tmp_path), **sizes)
+    checkpointing = [getattr(args, k) for k in ("gradient_checkpointing", "activation_checkpointing") if hasattr(args, k)]
+    assert not args.bf16 and not args.fp16 and checkpointing and not any(checkpointing) and args.use_cpu
+    assert args.per_device_train_batch_size == 8
+
+
+def test_heldout_pairs_are_new_valid_and_from_the_rows_given():
+    from ftlearn.preference import heldout_pairs
+
+    test = load_split("instructions_test")
+    held = heldout_pairs(test)
+    assert validate_pairs(held).ok and len(held) == len(test)
+    assert not {r["id"] for r in held} & {r["id"] for r in load_split("preferences")}
+    for pair, row in zip(held, test, strict=True):
+        assert pair["chosen"][0]["content"] == row["messages"][-1]["content"] != pair["rejected"][0]["content"]
+    assert heldout_pairs(test) == held, "deterministic for a seed"
