@@ -50,7 +50,7 @@ def test_runs_are_sized_from_the_profile():
     for name in profiles.PROFILES:
         p = profiles.on_target(name)
         runs = plan.catalogue(p)
-        cpu_epochs = p.device != "cuda" and p.max_steps < 0  # tiny: half the batch, 0.6 epochs (plan.py)
+        cpu_epochs = p.device != "cuda" and p.max_steps < 0  # tiny: half the batch, 0.4 epochs (plan.py)
         assert runs["03_sft/main"].batch_size == (p.batch_size // 2 if cpu_epochs else p.batch_size)
         quarter = max(2, p.batch_size // 4)  # 04 on a CPU; half the batch on a GPU, as 07
         assert runs["04_lora/full"].batch_size == (max(1, p.batch_size // 2) if p.device == "cuda" else quarter)
