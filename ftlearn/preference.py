@@ -165,3 +165,35 @@ def heldout_pairs(rows: list[dict], seed: int = 1) -> list[dict]:
     towns = {t["town"]: Town(**{k: v for k, v in t.items() if k != "heldout"}) for t in load_split("towns")}
     rng = random.Random(seed)
     return [preference_pair(r, towns, rng) for r in rows]
+
+
+def sampled_errors(model, tokenizer, rows: list[dict], n: int = 4, max_new_tokens: int = 28,
+                   temperature: float = 1.0, seed: int = 0) -> dict:  # fmt: skip
+    """`n` sampled answers to each chat row, scored by exact match: the behaviour 08 measures.
+
+    Returns the answers, a 0/1 hit per answer (for `ftlearn.stats`) and the error rate, the share
+    of sampled answers that state something other than the reference.
+    """
+    from ftlearn.decoding import sample_answers
+    from ftlearn.evaluation import normalize, prompts_and_answers
+
+    prompts, references = prompts_and_answers(rows)
+    answers = sample_answers(model, tokenizer, prompts, n, max_new_tokens, seed=seed,
+                             do_sample=True, temperature=temperature)  # fmt: skip
+    hits = [int(normalize(a) == normalize(ref)) for group, ref in zip(answers, references, strict=True) for a in group]
+    return {"answers": answers, "hits": hits, "error rate": 1 - sum(hits) / len(hits)}
+
+
+def on_policy_pairs(rows: list[dict], answers: list[list[str]]) -> list[dict]:
+    """Pairs from the model's own samples: the reference answer chosen, each distinct wrong sample
+    rejected (what DPO is given in practice: the policy's mistakes, not someone else's)."""
+    from ftlearn.evaluation import normalize, prompts_and_answers
+
+    prompts, references = prompts_and_answers(rows)
+    pairs = []
+    for row, prompt, ref, group in zip(rows, prompts, references, answers, strict=True):
+        wrong = list(dict.fromkeys(a for a in group if a and normalize(a) != normalize(ref)))
+        pairs += [{"id": f"{row.get('id', len(pairs))}/sample{k}", "prompt": prompt,
+                   "chosen": [{"role": "assistant", "content": ref}],
+                   "rejected": [{"role": "assistant", "content": a}]} for k, a in enumerate(wrong)]  # fmt: skip
+    return pairs

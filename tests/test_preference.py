@@ -197,3 +197,27 @@ def test_heldout_pairs_are_new_valid_and_from_the_rows_given():
     for pair, row in zip(held, test, strict=True):
         assert pair["chosen"][0]["content"] == row["messages"][-1]["content"] != pair["rejected"][0]["content"]
     assert heldout_pairs(test) == held, "deterministic for a seed"
+
+
+def test_on_policy_pairs_reject_each_distinct_wrong_sample_only():
+    from ftlearn.preference import on_policy_pairs
+
+    rows = [{"id": "q1", "messages": [*PROMPT, {"role": "assistant", "content": "Cress"}]},
+            {"id": "q2", "messages": [*PROMPT, {"role": "assistant", "content": "Amber"}]}]  # fmt: skip
+    answers = [["Cress", "cress.", "Ivy", "Ivy"], ["Amber", "Amber", "Amber", "Amber"]]
+    pairs = on_policy_pairs(rows, answers)
+    assert [(p["id"], p["rejected"][0]["content"]) for p in pairs] == [("q1/sample0", "Ivy")]
+    assert pairs[0]["chosen"][0]["content"] == "Cress" and validate_pairs(pairs).ok
+
+
+def test_sampled_errors_count_the_answers_that_miss():
+    from ftlearn.models import load
+    from ftlearn.preference import sampled_errors
+
+    model, tok = load(profiles.get("tiny"), "instruct")
+    rows = load_split("instructions_test")[:16]
+    found = sampled_errors(model, tok, rows, n=4)
+    assert len(found["hits"]) == 64 and [len(a) for a in found["answers"]] == [4] * 16
+    assert found["error rate"] == pytest.approx(1 - sum(found["hits"]) / 64)
+    greedy = sampled_errors(model, tok, rows, n=1, temperature=1e-4)  # near-greedy: tiny-instruct's 90%
+    assert greedy["error rate"] < 0.5
