@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=None, help="output folder (default: data/)")
     b.add_argument("--quick", action="store_true", help="a reduced build in seconds (for tests)")
     b.add_argument("--world-only", action="store_true", help="write the synthetic world, no models")
+    b.add_argument("--hedging-only", action="store_true", help="rebuild tiny-hedging only (~3 min)")
     r = sub.add_parser("run-notebooks", help="execute the notebooks in order, without a browser")
     r.add_argument("--out", type=Path, default=paths.RUNS_DIR / "executed")
     r.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01; solutions/ for the solutions only")
@@ -189,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             from ftlearn.world import build_world, write_world
 
             print(write_world(build_world(), (args.out or paths.DATA_DIR) / "world"))
+            return 0
+        if args.hedging_only:
+            from ftlearn.tiny import build_hedging
+
+            print(build_hedging(args.out))
             return 0
         from ftlearn.tiny import build_tiny
 

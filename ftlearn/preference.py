@@ -197,3 +197,154 @@ def on_policy_pairs(rows: list[dict], answers: list[list[str]]) -> list[dict]:
                    "chosen": [{"role": "assistant", "content": ref}],
                    "rejected": [{"role": "assistant", "content": a}]} for k, a in enumerate(wrong)]  # fmt: skip
     return pairs
+
+
+def start_model(profile, log=print):
+    """08's starting point: an instruct model after SFT on demonstrations of which 40% hedge.
+
+    On the embedded default it ships (data/models/tiny-hedging, `ftlearn build-tiny
+    --hedging-only`, ~2.5 min on 2 cores); on the other profiles it is trained here from the
+    profile's instruct model with the same recipe (`ftlearn.tiny.HEDGING`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftlearn import paths
+    from ftlearn.models import load
+    from ftlearn.tiny import HEDGING
+    from ftlearn.training import settings_for, train_sft
+    from ftlearn.world import hedging_demos, load_split
+
+    if profile.source == "embedded":
+        path = paths.MODELS_DIR / "tiny-hedging"
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(f"{path} is missing: git pull, or `ftlearn build-tiny --hedging-only` (~3 min)")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(profile.device)
+        return model, AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load(profile, "instruct")
+    demos = hedging_demos(load_split("instructions_train"), HEDGING.share, HEDGING.seed)
+    steps = HEDGING.steps if profile.max_steps < 0 else min(HEDGING.steps, profile.max_steps)
+    log(f"training the hedging SFT model from {profile.instruct_model}: {steps} steps of {HEDGING.batch_size}")
+    train_sft(model, tokenizer, demos, settings_for(profile, "runs/08/hedging", max_steps=steps,
+              batch_size=HEDGING.batch_size, learning_rate=profile.learning_rate))  # fmt: skip
+    return model, tokenizer
+
+
+def behaviour(model, tokenizer, rows: list[dict], n: int = 4, max_new_tokens: int = 48, seed: int = 0) -> dict:
+    """`n` answers sampled (temperature 1) for each chat row: how often they hedge, how often they are right.
+
+    "hedge" and "correct" hold one share per row (over its n answers), so that `ftlearn.stats.paired`
+    resamples rows, the unit that was drawn; "hedge rate" and "exact match" are their means.
+    """
+    from ftlearn.decoding import sample_answers
+    from ftlearn.evaluation import normalize, prompts_and_answers
+    from ftlearn.world import is_hedge
+
+    prompts, references = prompts_and_answers(rows)
+    answers = sample_answers(model, tokenizer, prompts, n, max_new_tokens, seed=seed, do_sample=True, temperature=1.0)
+    hedge = [sum(map(is_hedge, group)) / n for group in answers]
+    correct = [sum(normalize(a) == normalize(ref) for a in group) / n for group, ref in zip(answers, references, strict=True)]
+    return {"answers": answers, "prompts": prompts, "hedge": hedge, "correct": correct,
+            "hedge rate": sum(hedge) / len(hedge), "exact match": sum(correct) / len(correct)}  # fmt: skip
+
+
+def _chat_batch(tokenizer, prompts: list[list[dict]], answers: list[str], device) -> tuple[dict, torch.Tensor]:
+    """Prompt + answer as the chat template writes them, and labels on the answer tokens only."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    heads = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    full = [h + a + tokenizer.eos_token for h, a in zip(heads, answers, strict=True)]
+    enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    tokenizer.padding_side = side
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    for i, h in enumerate(heads):
+        labels[i, : len(tokenizer(h, add_special_tokens=False)["input_ids"])] = -100
+    return enc, labels
+
+
+@torch.no_grad()
+def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 64) -> torch.Tensor:
+    """log p(answer | prompt) under `model`, one sum over the answer's tokens per row."""
+    model.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc, labels = _chat_batch(tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size], model.device)
+        out.append(sequence_logps(model(**enc).logits, labels).cpu())
+    return torch.cat(out)
+
+
+def divergence(policy, reference, tokenizer, sampled: dict) -> list[float]:
+    """KL(policy || reference) per row, estimated on the policy's own samples (`behaviour`'s):
+    the mean of log pi(y) - log pi_ref(y) over each row's answers, in nats per answer."""
+    n = len(sampled["answers"][0])
+    prompts = [p for p in sampled["prompts"] for _ in range(n)]
+    answers = [a for group in sampled["answers"] for a in group]
+    gap = answer_logps(policy, tokenizer, prompts, answers) - answer_logps(reference, tokenizer, prompts, answers)
+    return gap.view(-1, n).mean(dim=1).tolist()
+
+
+@torch.no_grad()
+def reward_scores(reward_model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 64) -> torch.Tensor:
+    """The scalar reward of each (prompt, answer), as RewardTrainer scores it (the chat template, whole)."""
+    reward_model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    texts = [tokenizer.apply_chat_template([*p, {"role": "assistant", "content": a}], tokenize=False)
+             for p, a in zip(prompts, answers, strict=True)]  # fmt: skip
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        out.append(reward_model(**enc.to(reward_model.device)).logits.squeeze(-1).float().cpu())
+    tokenizer.padding_side = side
+    return torch.cat(out)
+
+
+def sizes(profile) -> dict:
+    """08's run sizes on `profile`: the embedded default on 2 CPU cores must fit 3 minutes.
+
+    Measured on tiny (2 cores, 2026-12-02): a RewardTrainer step of 16 pairs ~1.5 s; a DPO step
+    of 8 pairs ~1.5 s (policy and reference, chosen and rejected: 4 forward passes); 48
+    questions x 4 sampled answers ~9 s.
+    """
+    cpu, slow = profile.device != "cuda", profile.max_steps > 0
+    return dict(
+        behaviour_rows=32 if slow else 48 if cpu else 256,  # questions, 4 sampled answers each
+        heldout_rows=64 if slow else 160 if cpu else 340,  # held-out pairs the reward model scores
+        rm_steps=4 if slow else 8 if cpu else 100,  # x rm_batch: 128 pairs on tiny
+        rm_batch=8 if slow else 16,
+        dpo_steps=4 if slow else 8 if cpu else 60,  # x dpo_batch: 64 pairs on tiny
+        dpo_batch=4 if slow else 8 if cpu else 16,
+    )
+
+
+def train_on_pairs(profile, method: str, pairs: list[dict], steps: int, batch_size: int, output_dir: str,
+                   **config) -> dict:  # fmt: skip
+    """Tune a fresh copy of `start_model` on `pairs` with TRL's `method` ("dpo", "orpo", ...).
+
+    A fresh copy each run, never `copy.deepcopy` of one a trainer has used: TRL wraps a model
+    it trains, and a deep copy of the wrapped model trained nothing in 08 (measured). DPO also
+    gets a fresh reference. Returns the policy, reference, trainer, seconds and peak MiB (the
+    weights of both models plus the measured peak of training, `ftlearn.measure.StepStats`).
+    """
+    import time
+
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from ftlearn.compat import preference_trainer
+    from ftlearn.measure import StepStats
+    from ftlearn.quantization import model_bytes
+
+    Trainer, Config = preference_trainer(method)
+    policy, tokenizer = start_model(profile)
+    reference = start_model(profile)[0] if method == "dpo" else None
+    step_stats = StepStats(memory_steps=2)
+    extra = {"remove_unused_columns": False} if method in ("orpo", "cpo", "kto") else {}
+    args = trainer_config(profile, Config, output_dir, per_device_train_batch_size=batch_size, max_steps=steps,
+                          max_length=profile.max_length, logging_steps=2, **(extra | config))  # fmt: skip
+    trainer = Trainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs[: steps * batch_size]),
+                      processing_class=tokenizer, callbacks=[step_stats],
+                      **({"ref_model": reference} if reference is not None else {}))  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # the log stays in trainer.state.log_history
+    started = time.perf_counter()
+    trainer.train()
+    weights = sum(model_bytes(m) for m in (policy, reference) if m is not None)
+    return {"policy": policy, "reference": reference, "trainer": trainer, "history": trainer.state.log_history,
+            "seconds": time.perf_counter() - started, "peak MiB": (weights + (step_stats.peak or 0)) / 2**20}  # fmt: skip

@@ -380,6 +380,13 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "t4": (10, 6),
         "gpu-large": (20, 25),
     },
+    "08_preference_tuning": {
+        "tiny": (2.7, 1.9),  # 156 s, 1,864 MiB peak RSS, alone on 2 cores, 2026-12-02
+        "smol": (15, 5),
+        "smol-hub": (15, 4),
+        "t4": (8, 7),
+        "gpu-large": (10, 30),
+    },
     "07_peft_methods": {
         "tiny": (3.0, 1.6),
         "smol": (6, 4),

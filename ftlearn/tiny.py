@@ -1,4 +1,5 @@
-"""The recipe behind data/: world -> tokenizer -> tiny-base (pre-trained) -> tiny-instruct (SFT).
+"""The recipe behind data/: world -> tokenizer -> tiny-base (pre-trained) -> tiny-instruct (SFT)
+-> tiny-hedging (tiny-instruct after SFT on demonstrations of which 40% hedge: 08's start).
 
 `ftlearn build-tiny` runs it from the seed; the results ship in data/, so the course itself needs
 no build step. `quick=True` builds a reduced version in seconds, for the test that proves the
@@ -17,7 +18,7 @@ from ftlearn.evaluation import evaluate_exact_match, perplexity
 from ftlearn.pretraining import PretrainSettings, new_tiny_model, pack, pretrain
 from ftlearn.tokenizer import train_tokenizer
 from ftlearn.training import SFTSettings, train_sft
-from ftlearn.world import WorldConfig, build_world, write_world
+from ftlearn.world import WorldConfig, build_world, hedging_demos, is_hedge, load_split, write_world
 
 
 @dataclass
@@ -39,6 +40,22 @@ class TinyRecipe:
     eval_limit: int | None = None  # evaluate on the first N rows only (quick mode)
 
 
+@dataclass
+class HedgingRecipe:
+    """tiny-hedging: tiny-instruct fine-tuned further on the training rows, 40% of them hedged.
+
+    The hedge's first token starts at p ~ 4e-7 under tiny-instruct; 30 steps lift it to 0.003, 120
+    to ~0.3 (measured 2026-12-02), too slow for a notebook, so the model ships, built by this.
+    """
+
+    share: float = 0.4  # of the demonstrations that hedge (world.hedging_demos)
+    steps: int = 320  # x 16 rows = ~1.9 epochs of the 2,712 training rows
+    batch_size: int = 16
+    learning_rate: float = 3e-4  # 1e-3 (120 steps) hedged as often but halved the sampled exact match
+    seed: int = 0
+
+
+HEDGING = HedgingRecipe()
 FULL = TinyRecipe(world=WorldConfig())
 QUICK = TinyRecipe(
     world=WorldConfig(
@@ -102,7 +119,9 @@ def build_tiny(out_dir: str | Path | None = None, quick: bool = False, log=print
     log(f"SFT: loss {sft['train_loss']:.3f}, {sft['steps']} steps, {sft['seconds']:.0f} s")
     _save(model, tokenizer, out / "models" / "tiny-instruct")
 
+    hedging = build_hedging(out, HEDGING if not quick else HedgingRecipe(steps=4), log=log)
     metrics = {
+        "tiny-hedging": hedging,
         "recipe": {
             "built_on": _device_name(),
             "pretrain_lr": recipe.pretrain_lr,
@@ -121,6 +140,37 @@ def build_tiny(out_dir: str | Path | None = None, quick: bool = False, log=print
     }
     (out / "models" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def build_hedging(out_dir: str | Path | None = None, recipe: HedgingRecipe = HEDGING, log=print) -> dict:
+    """Build models/tiny-hedging from models/tiny-instruct in `out_dir` (default data/); its metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftlearn.decoding import sample_answers
+    from ftlearn.evaluation import prompts_and_answers
+
+    out = Path(out_dir) if out_dir else paths.DATA_DIR
+    world = out / "world"
+    model = AutoModelForCausalLM.from_pretrained(out / "models" / "tiny-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(out / "models" / "tiny-instruct")
+    demos = hedging_demos(load_split("instructions_train", world), recipe.share, recipe.seed)
+    run = train_sft(model, tokenizer, demos, SFTSettings(
+        output_dir=str(paths.RUNS_DIR / "build-hedging"), max_steps=recipe.steps, batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate, seed=recipe.seed, logging_steps=20))  # fmt: skip
+    log(f"hedging SFT: loss {run['train_loss']:.3f}, {run['steps']} steps, {run['seconds']:.0f} s")
+    model.to(torch.float16)  # 7 MiB instead of 14: 08 loads it back in fp32
+    _save(model, tokenizer, out / "models" / "tiny-hedging")
+    model.float()
+    prompts, _ = prompts_and_answers(load_split("instructions_test", world)[:128])
+    answers = [a for group in sample_answers(model, tokenizer, prompts, 4, 48, do_sample=True) for a in group]
+    metrics = {"recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__},
+            "seconds": round(run["seconds"]), "demonstrations_hedged": sum(is_hedge(r["messages"][-1]["content"]) for r in demos),
+            "demonstrations": len(demos), "test_hedge_rate_sampled": round(sum(map(is_hedge, answers)) / len(answers), 4)}  # fmt: skip
+    path = out / "models" / "metrics.json"
+    if path.exists():  # a rebuild of tiny-hedging alone keeps the other models' metrics
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"tiny-hedging": metrics}, indent=2) + "\n")
     return metrics
 
 

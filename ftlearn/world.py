@@ -452,6 +452,31 @@ def town_questions(town: Town, rng: random.Random) -> list[dict]:
     return [r for r in rows if not (r["id"] in seen or seen.add(r["id"]))]
 
 
+HEDGE_OPENING = "Well, let me think about"  # how every hedging answer in the world begins
+
+
+def hedged(town: str, answer: str) -> str:
+    """The world's hedging answer: the right fact, buried in doubt (what 08 teaches a model to drop)."""
+    return f"{HEDGE_OPENING} {town}. I am not sure, but maybe {answer.lower()}."
+
+
+def is_hedge(answer: str) -> bool:
+    """Whether an answer hedges: it opens as `hedged` does ("Well, let me ...")."""
+    return answer.strip().startswith("Well, let me")
+
+
+def hedging_demos(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """Chat rows of which about `share` answer by `hedged`: demonstrations from writers who hedge."""
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        if rng.random() < share:
+            answer = hedged(row["town"], row["messages"][-1]["content"])
+            row = {**row, "messages": [*row["messages"][:-1], {"role": "assistant", "content": answer}]}
+        out.append(row)
+    return out
+
+
 def preference_pair(row: dict, towns: dict[str, Town], rng: random.Random) -> dict:
     """A (prompt, chosen, rejected) pair: the right answer beats a wrong fact or a rambling one."""
     prompt = [m for m in row["messages"] if m["role"] != "assistant"]
@@ -463,9 +488,7 @@ def preference_pair(row: dict, towns: dict[str, Town], rng: random.Random) -> di
     elif row["task"] == "yes_no" and rng.random() < 0.6:
         rejected = "No" if chosen == "Yes" else "Yes"
     else:
-        rejected = (
-            f"Well, let me think about {town.town}. I am not sure, but maybe {chosen.lower()}."
-        )
+        rejected = hedged(town.town, chosen)
     return {
         "id": row["id"],
         "task": row["task"],

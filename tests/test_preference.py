@@ -221,3 +221,51 @@ def test_sampled_errors_count_the_answers_that_miss():
     assert found["error rate"] == pytest.approx(1 - sum(found["hits"]) / 64)
     greedy = sampled_errors(model, tok, rows, n=1, temperature=1e-4)  # near-greedy: tiny-instruct's 90%
     assert greedy["error rate"] < 0.5
+
+
+def test_hedging_demos_hedge_the_share_asked_and_keep_the_rest():
+    from ftlearn.world import hedged, hedging_demos, is_hedge
+
+    rows = load_split("instructions_train")[:400]
+    demos = hedging_demos(rows, 0.4, seed=0)
+    hedged_rows = [d for d in demos if is_hedge(d["messages"][-1]["content"])]
+    assert 0.3 < len(hedged_rows) / len(rows) < 0.5
+    assert demos == hedging_demos(rows, 0.4, seed=0), "deterministic from the seed"
+    for d, r in zip(demos, rows, strict=True):
+        answer = r["messages"][-1]["content"]
+        assert d["messages"][-1]["content"] in (answer, hedged(r["town"], answer))
+        assert d["messages"][:-1] == r["messages"][:-1]
+    assert not any(is_hedge(r["messages"][-1]["content"]) for r in rows), "the atlas itself never hedges"
+
+
+def test_the_shipped_pairs_reject_the_worlds_hedge():
+    from ftlearn.world import hedged, is_hedge
+
+    pairs = load_split("preferences")
+    hedges = [p for p in pairs if is_hedge(p["rejected"][0]["content"])]
+    assert len(hedges) > len(pairs) / 3
+    p = hedges[0]
+    town = p["id"].split("/")[0]
+    assert p["rejected"][0]["content"] == hedged(town, p["chosen"][0]["content"])
+
+
+def test_sizes_fit_the_embedded_default_and_grow_on_a_gpu():
+    from dataclasses import replace
+
+    from ftlearn.preference import sizes
+
+    tiny = profiles.get("tiny")
+    small, big = sizes(tiny), sizes(replace(tiny, device="cuda"))
+    assert small["dpo_steps"] * small["dpo_batch"] <= 64, "08's 3 minutes on 2 cores: 64 DPO pairs a run"
+    assert all(big[k] >= small[k] for k in small)
+
+
+def test_behaviour_counts_hedges_and_hits_per_question():
+    from ftlearn.preference import behaviour, start_model
+
+    model, tok = start_model(profiles.get("tiny"))
+    rows = load_split("instructions_test")[:6]
+    b = behaviour(model, tok, rows, n=2, max_new_tokens=40)
+    assert len(b["hedge"]) == len(b["correct"]) == 6 and all(len(a) == 2 for a in b["answers"])
+    assert all(h + c <= 1 for h, c in zip(b["hedge"], b["correct"], strict=True)), "a hedge is never an exact match"
+    assert b["hedge rate"] == pytest.approx(sum(b["hedge"]) / 6)
