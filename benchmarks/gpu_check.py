@@ -534,7 +534,7 @@ def notebook_list(smoke: bool, only: list[str] | None, workdir: Path) -> list[Pa
         path = workdir / "smoke.ipynb"
         nbformat.write(nb, path)
         return [path]
-    found = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    found = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
     rank = {
         p: NOTEBOOK_ORDER.index(p.name[:2]) if p.name[:2] in NOTEBOOK_ORDER else 99 for p in found
     }

@@ -70,9 +70,9 @@ def run_notebooks(
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     folder = paths.REPO_ROOT / "notebooks"
-    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(folder.glob("[0-9][0-9]*_*.ipynb"))
     if solutions:
-        notebooks += sorted((folder / "solutions").glob("[0-9][0-9]_*.ipynb"))
+        notebooks += sorted((folder / "solutions").glob("[0-9][0-9]*_*.ipynb"))
     if only:  # "03" (the notebook and its solutions), "solutions/" (every solutions notebook)
         notebooks = [n for n in notebooks if any(
             n.name.startswith(o) or str(n.relative_to(folder)).startswith(o) for o in only)]

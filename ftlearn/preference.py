@@ -203,8 +203,9 @@ def start_model(profile, log=print):
     """08's starting point: an instruct model after SFT on demonstrations of which 40% hedge.
 
     On the embedded default it ships (data/models/tiny-hedging, `ftlearn build-tiny
-    --hedging-only`, ~2.5 min on 2 cores); on the other profiles it is trained here from the
-    profile's instruct model with the same recipe (`ftlearn.tiny.HEDGING`).
+    --hedging-only`, ~6 min on 2 cores); on the other profiles it is trained once from the
+    profile's instruct model with the same recipe (`ftlearn.tiny.HEDGING`) and saved to
+    runs/08/hedging-<profile>, which every later call (and TRL's reference model) loads.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -217,20 +218,56 @@ def start_model(profile, log=print):
     if profile.source == "embedded":
         path = paths.MODELS_DIR / "tiny-hedging"
         if not (path / "model.safetensors").exists():
-            raise FileNotFoundError(f"{path} is missing: git pull, or `ftlearn build-tiny --hedging-only` (~3 min)")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(profile.device)
-        return model, AutoTokenizer.from_pretrained(path)
+            raise FileNotFoundError(f"{path} is missing: git pull, or `ftlearn build-tiny --hedging-only` (~6 min)")
+    else:
+        path = paths.REPO_ROOT / "runs" / "08" / f"hedging-{profile.name}"
+    if (path / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if profile.device != "cuda" else profile.dtype)
+        return model.to(profile.device), AutoTokenizer.from_pretrained(path)
     model, tokenizer = load(profile, "instruct")
     demos = hedging_demos(load_split("instructions_train"), HEDGING.share, HEDGING.seed)
     steps = HEDGING.steps if profile.max_steps < 0 else min(HEDGING.steps, profile.max_steps)
-    log(f"training the hedging SFT model from {profile.instruct_model}: {steps} steps of {HEDGING.batch_size}")
-    train_sft(model, tokenizer, demos, settings_for(profile, "runs/08/hedging", max_steps=steps,
+    log(f"training the hedging SFT model from {profile.instruct_model}: {steps} steps of {HEDGING.batch_size} "
+        f"(once: saved to {path})")
+    train_sft(model, tokenizer, demos, settings_for(profile, str(path) + "-run", max_steps=steps,
               batch_size=HEDGING.batch_size, learning_rate=profile.learning_rate))  # fmt: skip
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return model, tokenizer
 
 
-def behaviour(model, tokenizer, rows: list[dict], n: int = 4, max_new_tokens: int = 48, seed: int = 0) -> dict:
+def value_head(profile):
+    """The reward model's start: the profile's base model with one new linear output (`score`).
+
+    transformers reports the new `score` weight as MISSING from the checkpoint, with the
+    checkpoint's absolute path; that is expected (it is what the reward model trains), so the
+    report is silenced and said here in one line instead.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from ftlearn.models import resolve
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolve(profile, "base"), num_labels=1)
+    finally:
+        hf_logging.set_verbosity(level)
+    pad = model.config.pad_token_id
+    if pad is None:  # the last non-pad token is the one scored: the model must know the pad id
+        from transformers import AutoTokenizer
+
+        model.config.pad_token_id = AutoTokenizer.from_pretrained(resolve(profile, "base")).pad_token_id
+    print(f"value head: score {tuple(model.score.weight.shape)}, new and random (the rest is {profile.base_model})")
+    return model.to(profile.device)
+
+
+def behaviour(model, tokenizer, rows: list[dict], n: int = 4, max_new_tokens: int = 32, seed: int = 0) -> dict:
     """`n` answers sampled (temperature 1) for each chat row: how often they hedge, how often they are right.
+
+    32 new tokens: the longest atlas answer is 23, and a hedge is known by its opening (a cut
+    one is still a hedge, and never an exact match); 48 cost 1.4-2x the time for the same counts.
 
     "hedge" and "correct" hold one share per row (over its n answers), so that `ftlearn.stats.paired`
     resamples rows, the unit that was drawn; "hedge rate" and "exact match" are their means.
@@ -249,26 +286,39 @@ def behaviour(model, tokenizer, rows: list[dict], n: int = 4, max_new_tokens: in
 
 def _chat_batch(tokenizer, prompts: list[list[dict]], answers: list[str], device) -> tuple[dict, torch.Tensor]:
     """Prompt + answer as the chat template writes them, and labels on the answer tokens only."""
+    heads, lengths = {}, {}
+    for p in prompts:  # each distinct prompt rendered once: the chat template is slow next to a tiny model
+        key = repr(p)
+        if key not in heads:
+            heads[key] = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            lengths[key] = len(tokenizer(heads[key], add_special_tokens=False)["input_ids"])
+    keys = [repr(p) for p in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    heads = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    full = [h + a + tokenizer.eos_token for h, a in zip(heads, answers, strict=True)]
+    full = [heads[k] + a + tokenizer.eos_token for k, a in zip(keys, answers, strict=True)]
     enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     tokenizer.padding_side = side
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    for i, h in enumerate(heads):
-        labels[i, : len(tokenizer(h, add_special_tokens=False)["input_ids"])] = -100
+    for i, k in enumerate(keys):
+        labels[i, : lengths[k]] = -100
     return enc, labels
 
 
 @torch.no_grad()
+def _logps(models: list, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 64) -> list[torch.Tensor]:
+    """log p(answer | prompt) under each of `models`, on batches tokenized once for all of them."""
+    for m in models:
+        m.eval()
+    out = [[] for _ in models]
+    for i in range(0, len(prompts), batch_size):
+        enc, labels = _chat_batch(tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size], models[0].device)
+        for o, m in zip(out, models, strict=True):
+            o.append(sequence_logps(m(**enc).logits, labels).cpu())
+    return [torch.cat(o) for o in out]
+
+
 def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 64) -> torch.Tensor:
     """log p(answer | prompt) under `model`, one sum over the answer's tokens per row."""
-    model.eval()
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        enc, labels = _chat_batch(tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size], model.device)
-        out.append(sequence_logps(model(**enc).logits, labels).cpu())
-    return torch.cat(out)
+    return _logps([model], tokenizer, prompts, answers, batch_size)[0]
 
 
 def divergence(policy, reference, tokenizer, sampled: dict) -> list[float]:
@@ -277,8 +327,8 @@ def divergence(policy, reference, tokenizer, sampled: dict) -> list[float]:
     n = len(sampled["answers"][0])
     prompts = [p for p in sampled["prompts"] for _ in range(n)]
     answers = [a for group in sampled["answers"] for a in group]
-    gap = answer_logps(policy, tokenizer, prompts, answers) - answer_logps(reference, tokenizer, prompts, answers)
-    return gap.view(-1, n).mean(dim=1).tolist()
+    mine, theirs = _logps([policy, reference], tokenizer, prompts, answers)
+    return (mine - theirs).view(-1, n).mean(dim=1).tolist()
 
 
 @torch.no_grad()
@@ -296,6 +346,131 @@ def reward_scores(reward_model, tokenizer, prompts: list[list[dict]], answers: l
     return torch.cat(out)
 
 
+def train_reward_model(profile, tokenizer, pairs: list[dict], steps: int, batch_size: int, output_dir: str,
+                       learning_rate: float = 1e-3, seed: int = 0):  # fmt: skip
+    """08's reward model (built by hand in 08, section 3): `value_head` trained with TRL's
+    `RewardTrainer` on the first `steps` x `batch_size` pairs. Returns the model and its trainer."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from ftlearn.compat import preference_trainer
+
+    Reward, RewardConfig = preference_trainer("reward")
+    torch.manual_seed(seed)
+    model = value_head(profile)
+    args = trainer_config(profile, RewardConfig, output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
+                          learning_rate=learning_rate, max_length=profile.max_length, logging_steps=2)  # fmt: skip
+    trainer = Reward(model=model, args=args, processing_class=tokenizer,
+                     train_dataset=Dataset.from_list(pairs[: steps * batch_size]))  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return model, trainer
+
+
+def measure(policy, sft, tokenizer, rows: list[dict], n: int = 4) -> dict:
+    """A tuned policy's sampled `behaviour` on `rows`, with its KL from the SFT model (`divergence`)
+    as "kl" (08 writes this as `measured`)."""
+    after = behaviour(policy, tokenizer, rows, n=n)
+    after["kl"] = divergence(policy, sft, tokenizer, after)
+    return after
+
+
+def save_rows(path: str, rows: list[dict], before: dict) -> None:
+    """Write a comparison table's rows with the SFT samples they were measured against (`behaviour`'s)."""
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"rows": rows, "before": {k: before[k] for k in ("hedge", "correct")}}, indent=1))
+
+
+def load_rows(path: str, before: dict, log=print) -> list[dict]:
+    """The rows `save_rows` wrote, if they were measured against the same SFT samples as `before`;
+    otherwise none, and why (08b shows 08's DPO and ORPO rows only where they compare)."""
+    import json
+    from pathlib import Path
+
+    if not Path(path).exists():
+        log(f"{path} is missing: run 08_preference_tuning first for its DPO and ORPO rows")
+        return []
+    saved = json.loads(Path(path).read_text())
+    if saved["before"] != {k: before[k] for k in ("hedge", "correct")}:
+        log(f"{path} was measured on other samples (another profile or seed): its rows are left out")
+        return []
+    return saved["rows"]
+
+
+def prompt_rows(rows: list[dict]) -> list[dict]:
+    """GRPO's dataset from chat rows: the prompt turns, plus what the rewards check against
+    (the atlas's answer as `reference`, the town asked about as `town`)."""
+    return [{"prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"], "town": r.get("town", "")}
+            for r in rows]  # fmt: skip
+
+
+def _texts(completions: list) -> list[str]:
+    """The text of each completion, as TRL passes them: chat turns, or plain text."""
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
+def exact_match_reward(completions: list, reference: list[str], **_) -> list[float]:
+    """1 for a completion equal to the atlas's answer after `ftlearn.evaluation.normalize`, else 0:
+    a verifiable reward (RLVR), checked against the world's facts."""
+    from ftlearn.evaluation import normalize
+
+    return [float(normalize(t) == normalize(r)) for t, r in zip(_texts(completions), reference, strict=True)]
+
+
+def format_reward(completions: list, max_words: int = 12, **_) -> list[float]:
+    """0.2 for the atlas's format (one line of at most `max_words` words, no hedge), else 0."""
+    from ftlearn.world import is_hedge
+
+    return [0.2 * float("\n" not in t and 0 < len(t.split()) <= max_words and not is_hedge(t)) for t in _texts(completions)]
+
+
+def names_the_town(completions: list, town: list[str], **_) -> list[float]:
+    """1 if the answer names the town asked about: a reward that sounds like grounding, and can be gamed."""
+    return [float(bool(w) and w.lower() in t.lower()) for t, w in zip(_texts(completions), town, strict=True)]
+
+
+def train_on_rewards(profile, reward_funcs, prompts: list[dict], steps: int, prompts_per_step: int, output_dir: str,
+                     group: int = 4, **config) -> dict:  # fmt: skip
+    """GRPO (TRL's `GRPOTrainer`) from a fresh `start_model` on `prompts` (`prompt_rows`), scored
+    by `reward_funcs` (functions, or a reward model: a sequence classifier with one output).
+
+    Each step samples `group` completions for each of `prompts_per_step` prompts, scores them, and
+    moves the policy towards the completions that beat their group's mean. Returns what
+    `train_on_pairs` returns; the memory counts every model the run holds (policy, TRL's
+    reference when `beta` > 0, reward models).
+    """
+    import time
+
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from ftlearn.compat import preference_trainer
+    from ftlearn.measure import StepStats
+    from ftlearn.quantization import model_bytes
+
+    Trainer, Config = preference_trainer("grpo")
+    policy, tokenizer = start_model(profile)
+    funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    step_stats = StepStats(memory_steps=2)
+    values = dict(per_device_train_batch_size=prompts_per_step * group, num_generations=group, max_steps=steps,
+                  max_completion_length=32, temperature=1.0, beta=0.04, logging_steps=1, learning_rate=1e-4)  # fmt: skip
+    args = trainer_config(profile, Config, output_dir, **(values | config))
+    models = [f for f in funcs if isinstance(f, torch.nn.Module)]
+    trainer = Trainer(model=policy, reward_funcs=funcs, args=args, processing_class=tokenizer, callbacks=[step_stats],
+                      train_dataset=Dataset.from_list(prompts[: steps * prompts_per_step]),
+                      reward_processing_classes=[tokenizer if f in models else None for f in funcs])  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    trainer.train()
+    held = [policy, *models] + ([trainer.ref_model] if trainer.ref_model is not None else [])
+    return {"policy": policy, "reference": trainer.ref_model, "trainer": trainer, "history": trainer.state.log_history,
+            "seconds": time.perf_counter() - started,
+            "peak MiB": (sum(model_bytes(m) for m in held) + (step_stats.peak or 0)) / 2**20}  # fmt: skip
+
+
 def sizes(profile) -> dict:
     """08's run sizes on `profile`: the embedded default on 2 CPU cores must fit 3 minutes.
 
@@ -311,6 +486,8 @@ def sizes(profile) -> dict:
         rm_batch=8 if slow else 16,
         dpo_steps=4 if slow else 8 if cpu else 60,  # x dpo_batch: 64 pairs on tiny
         dpo_batch=4 if slow else 8 if cpu else 16,
+        grpo_steps=4 if slow else 16 if cpu else 100,  # x grpo_prompts prompts, 4 sampled answers each
+        grpo_prompts=2 if slow else 4 if cpu else 16,  # 64 prompts on tiny: DPO's 64 pairs
     )
 
 

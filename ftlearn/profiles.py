@@ -380,19 +380,28 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "t4": (10, 6),
         "gpu-large": (20, 25),
     },
-    "08_preference_tuning": {
-        "tiny": (2.7, 1.9),  # 156 s, 1,864 MiB peak RSS, alone on 2 cores, 2026-12-02
-        "smol": (15, 5),
-        "smol-hub": (15, 4),
-        "t4": (8, 7),
-        "gpu-large": (10, 30),
-    },
     "07_peft_methods": {
         "tiny": (3.0, 1.6),
         "smol": (6, 4),
         "smol-hub": (25, 3),
         "t4": (10, 5),
         "gpu-large": (20, 20),
+    },
+    "08_preference_tuning": {
+        # 62 s alone, 1.7 GiB, 2026-12-02 on a machine whose reference run took 4.5 s (10.1 s on the
+        # usual one, CI's speed: its cells ran 2.2x longer there), so ~2.4 min at CI's speed
+        "tiny": (2.4, 1.8),
+        "smol": (15, 5),
+        "smol-hub": (15, 4),
+        "t4": (8, 7),
+        "gpu-large": (10, 30),
+    },
+    "08b_rlhf_grpo": {
+        "tiny": (2.9, 1.9),  # 76 s alone, 1.9 GiB, the same day and machine: ~2.9 min at CI's speed
+        "smol": (15, 5),  # estimate: 3 GRPO runs of 4 steps x 8 answers of 32 tokens, after 08's hedging SFT
+        "smol-hub": (15, 4),
+        "t4": (8, 7),
+        "gpu-large": (12, 30),
     },
 }
 

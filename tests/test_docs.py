@@ -19,7 +19,7 @@ def test_no_placeholder_is_left():
 
 
 def test_the_tiny_column_is_the_cost_table_of_00_setup():
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\d\d_\w+)` \| ([^|]+) \|", GUIDE.read_text(), re.M)}
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\d\d[a-z]?_\w+)` \| ([^|]+) \|", GUIDE.read_text(), re.M)}
     assert set(rows) == set(NOTEBOOK_COSTS), "one row per notebook"
     for name, cell in rows.items():
         minutes, gib = NOTEBOOK_COSTS[name]["tiny"]

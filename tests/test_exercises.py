@@ -10,7 +10,7 @@ from ftlearn.exercises import CHECKS, NotAttempted, check
 
 ROOT = Path(__file__).parent.parent
 WRITTEN = sorted({key.split(".")[0] for key in CHECKS})  # the notebooks whose exercises exist
-CHECK_CALL = re.compile(r'check\("(\d\d\.\d)"')
+CHECK_CALL = re.compile(r'check\("(\d\d[a-z]?\.\d)"')
 
 
 def _code(path: Path) -> str:
