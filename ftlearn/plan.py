@@ -1,6 +1,7 @@
 """Every training run the notebooks make, sized from a profile, and whether each fits its machine.
 
-`catalogue(profile)` is the one place that sizes the runs of 03-07 (model, method, batch, sequence
+`catalogue(profile)` is the one place that sizes the runs of 03-07 (08 and 08b: from
+`ftlearn.preference.sizes`) (model, method, batch, sequence
 length, checkpointing, optimizer, LoRA rank and targets); the notebooks build their settings from it
 (`run(profile, key).settings(...)`), and `ftlearn plan PROFILE` prints each run's predicted peak
 (`ftlearn.estimator.estimate`, from the model's shape alone: no download) against the profile's target
@@ -98,7 +99,7 @@ class Run:
 
 
 def catalogue(profile: Profile) -> dict[str, Run]:
-    """Every training run of notebooks 03, 04, 06 and 07 on `profile`, by key."""
+    """Every training run of notebooks 03, 04, 06, 07, 08 and 08b on `profile`, by key."""
     p = profile
     r, a, targets = p.lora_r, p.lora_alpha, tuple(p.lora_targets)
     lora = dict(lora_r=r, lora_alpha=a, lora_targets=targets)
@@ -240,6 +241,33 @@ def catalogue(profile: Profile) -> dict[str, Run]:
                 autocast=False, held=held07, **peft,
                 note="training_peak: 2 steps on a copy of the trained model"),
         ]
+    # 08_preference_tuning and 08b_rlhf_grpo, sized by ftlearn.preference.sizes (the notebooks read
+    # it too). Every preference trainer is full fine-tuning here. A pair is two rows of the batch
+    # (chosen and rejected); a GRPO step trains on its prompts x 4 sampled answers. The SFT start
+    # stays in memory beside every run (the KL is measured against it, and it is DPO's reference),
+    # with the reward model; GRPO loads its own reference. A run's models are dropped once measured
+    # (preference.numbers), except 08's DPO at beta 0.1, which its exercise 1 reads.
+    from ftlearn.preference import hedging_size
+    from ftlearn.preference import sizes as preference_sizes
+
+    s8, sft, rm = preference_sizes(p), "instruct:full", "base:full"
+    if p.source != "embedded":  # the embedded default ships tiny-hedging
+        steps, batch = hedging_size(p)
+        runs.append(Run("08_preference_tuning/hedging SFT", "instruct", "full", batch, steps,
+                        note="once per profile: saved to runs/08/hedging-<profile>"))
+    for nb in ("08_preference_tuning", "08b_rlhf_grpo"):
+        runs.append(Run(f"{nb}/reward model", "base", "full", 2 * s8["rm_batch"], s8["rm_steps"], held=(sft,),
+                        note=f"{s8['rm_steps']} steps x {s8['rm_batch']} pairs, a value head on the base"))
+    dpo = dict(batch_size=2 * s8["dpo_batch"], max_steps=s8["dpo_steps"])
+    runs += [
+        Run("08_preference_tuning/DPO", "instruct", "full", **dpo, held=(sft, rm),
+            note=f"{s8['dpo_steps']} steps x {s8['dpo_batch']} pairs; the SFT start is the reference"),
+        Run("08_preference_tuning/DPO β sweep", "instruct", "full", **dpo, count=2, held=(sft, rm, sft),
+            note="β 0.03 and 0.3, beside the β 0.1 run's policy"),
+        Run("08_preference_tuning/ORPO", "instruct", "full", **dpo, held=(sft, rm, sft), note="no reference"),
+        Run("08b_rlhf_grpo/GRPO", "instruct", "full", 4 * s8["grpo_prompts"], s8["grpo_steps"], count=3,
+            held=(sft, rm, sft), note=f"RLHF, hacked, RLVR: {s8['grpo_prompts']} prompts x 4 answers a step"),
+    ]
     # fmt: on
     return {run.key: run for run in runs}
 

@@ -199,6 +199,15 @@ def on_policy_pairs(rows: list[dict], answers: list[list[str]]) -> list[dict]:
     return pairs
 
 
+def hedging_size(profile) -> tuple[int, int]:
+    """Steps and batch of the hedging SFT on a profile that trains it (`ftlearn.tiny.HEDGING`'s,
+    within the profile's step limit and batch)."""
+    from ftlearn.tiny import HEDGING
+
+    steps = HEDGING.steps if profile.max_steps < 0 else min(HEDGING.steps, profile.max_steps)
+    return steps, min(HEDGING.batch_size, profile.batch_size)
+
+
 def start_model(profile, log=print):
     """08's starting point: an instruct model after SFT on demonstrations of which 40% hedge.
 
@@ -222,15 +231,14 @@ def start_model(profile, log=print):
     else:
         path = paths.REPO_ROOT / "runs" / "08" / f"hedging-{profile.name}"
     if (path / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if profile.device != "cuda" else profile.dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # full fine-tuning: fp32 weights
         return model.to(profile.device), AutoTokenizer.from_pretrained(path)
     model, tokenizer = load(profile, "instruct")
     demos = hedging_demos(load_split("instructions_train"), HEDGING.share, HEDGING.seed)
-    steps = HEDGING.steps if profile.max_steps < 0 else min(HEDGING.steps, profile.max_steps)
-    log(f"training the hedging SFT model from {profile.instruct_model}: {steps} steps of {HEDGING.batch_size} "
-        f"(once: saved to {path})")
+    steps, batch = hedging_size(profile)
+    log(f"training the hedging SFT model from {profile.instruct_model}: {steps} steps of {batch} (once: saved to {path})")
     train_sft(model, tokenizer, demos, settings_for(profile, str(path) + "-run", max_steps=steps,
-              batch_size=HEDGING.batch_size, learning_rate=profile.learning_rate))  # fmt: skip
+              batch_size=batch, learning_rate=profile.learning_rate))  # fmt: skip
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return model, tokenizer
@@ -400,6 +408,12 @@ def load_rows(path: str, before: dict, log=print) -> list[dict]:
     return saved["rows"]
 
 
+def numbers(run: dict) -> dict:
+    """A measured run without its models and trainer: what a comparison table needs, and the memory
+    back (on a GPU profile the runs of 08 do not fit side by side; `ftlearn plan` counts them so)."""
+    return {k: v for k, v in run.items() if k not in ("policy", "reference", "trainer")}
+
+
 def prompt_rows(rows: list[dict]) -> list[dict]:
     """GRPO's dataset from chat rows: the prompt turns, plus what the rewards check against
     (the atlas's answer as `reference`, the town asked about as `town`)."""
@@ -483,21 +497,21 @@ def sizes(profile) -> dict:
         behaviour_rows=32 if slow else 48 if cpu else 256,  # questions, 4 sampled answers each
         heldout_rows=64 if slow else 160 if cpu else 340,  # held-out pairs the reward model scores
         rm_steps=4 if slow else 8 if cpu else 100,  # x rm_batch: 128 pairs on tiny
-        rm_batch=8 if slow else 16,
+        rm_batch=4 if slow else 16 if cpu else 8,  # pairs: 2 rows each (`ftlearn plan` fits them)
         dpo_steps=4 if slow else 8 if cpu else 60,  # x dpo_batch: 64 pairs on tiny
-        dpo_batch=4 if slow else 8 if cpu else 16,
+        dpo_batch=2 if slow else 8,
         grpo_steps=4 if slow else 16 if cpu else 100,  # x grpo_prompts prompts, 4 sampled answers each
-        grpo_prompts=2 if slow else 4 if cpu else 16,  # 64 prompts on tiny: DPO's 64 pairs
+        grpo_prompts=1 if slow else 4,  # 64 prompts on tiny: DPO's 64 pairs
     )
 
 
 def train_on_pairs(profile, method: str, pairs: list[dict], steps: int, batch_size: int, output_dir: str,
-                   **config) -> dict:  # fmt: skip
+                   reference=None, **config) -> dict:  # fmt: skip
     """Tune a fresh copy of `start_model` on `pairs` with TRL's `method` ("dpo", "orpo", ...).
 
     A fresh copy each run, never `copy.deepcopy` of one a trainer has used: TRL wraps a model
-    it trains, and a deep copy of the wrapped model trained nothing in 08 (measured). DPO also
-    gets a fresh reference. Returns the policy, reference, trainer, seconds and peak MiB (the
+    it trains, and a deep copy of the wrapped model trained nothing in 08 (measured). DPO gets a
+    fresh reference too, or `reference` (the SFT start already in memory: TRL only reads it). Returns the policy, reference, trainer, seconds and peak MiB (the
     weights of both models plus the measured peak of training, `ftlearn.measure.StepStats`).
     """
     import time
@@ -511,7 +525,9 @@ def train_on_pairs(profile, method: str, pairs: list[dict], steps: int, batch_si
 
     Trainer, Config = preference_trainer(method)
     policy, tokenizer = start_model(profile)
-    reference = start_model(profile)[0] if method == "dpo" else None
+    if method == "dpo" and reference is None:  # DPO's frozen reference: the SFT start, unless one is given
+        reference = start_model(profile)[0]
+    reference = reference if method == "dpo" else None
     step_stats = StepStats(memory_steps=2)
     extra = {"remove_unused_columns": False} if method in ("orpo", "cpo", "kto") else {}
     args = trainer_config(profile, Config, output_dir, per_device_train_batch_size=batch_size, max_steps=steps,

@@ -257,7 +257,26 @@ def test_sizes_fit_the_embedded_default_and_grow_on_a_gpu():
     tiny = profiles.get("tiny")
     small, big = sizes(tiny), sizes(replace(tiny, device="cuda"))
     assert small["dpo_steps"] * small["dpo_batch"] <= 64, "08's 3 minutes on 2 cores: 64 DPO pairs a run"
-    assert all(big[k] >= small[k] for k in small)
+    for run in ("rm", "dpo"):  # more examples on a GPU, in batches `ftlearn plan` fits on a T4
+        assert big[f"{run}_steps"] * big[f"{run}_batch"] > small[f"{run}_steps"] * small[f"{run}_batch"]
+    assert big["grpo_steps"] * big["grpo_prompts"] > small["grpo_steps"] * small["grpo_prompts"]
+    assert big["behaviour_rows"] > small["behaviour_rows"] and big["heldout_rows"] > small["heldout_rows"]
+
+
+def test_the_plan_sizes_08_from_the_same_sizes_and_drops_measured_models():
+    from ftlearn import plan
+    from ftlearn.preference import hedging_size, numbers, sizes
+
+    for name in ("tiny", "smol", "t4"):
+        p = profiles.on_target(name)
+        s, runs = sizes(p), plan.catalogue(p)
+        assert runs["08_preference_tuning/DPO"].batch_size == 2 * s["dpo_batch"], "a pair is two rows"
+        assert runs["08b_rlhf_grpo/GRPO"].batch_size == 4 * s["grpo_prompts"] and runs["08b_rlhf_grpo/GRPO"].count == 3
+        assert ("08_preference_tuning/hedging SFT" in runs) == (p.source != "embedded")
+        if p.source != "embedded":
+            assert runs["08_preference_tuning/hedging SFT"].batch_size == hedging_size(p)[1] <= p.batch_size
+    kept = numbers({"policy": 1, "reference": 2, "trainer": 3, "hedge": [0.5], "seconds": 1.0})
+    assert kept == {"hedge": [0.5], "seconds": 1.0}
 
 
 def test_behaviour_counts_hedges_and_hits_per_question():
