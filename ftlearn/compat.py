@@ -6,7 +6,8 @@ closest valid names), instead of silently ignoring them.
 
 Every other version workaround lives here too: the strict warning rules the tests and notebook
 kernels share (`STRICT_WARNINGS`), the checkpointing rename (`enable_checkpointing`), TRL's private
-tile sizes (`trl_chunk_sizes`) and the undoing of TRL's bf16 cast of QLoRA adapters.
+tile sizes (`trl_chunk_sizes`), the undoing of TRL's bf16 cast of QLoRA adapters, and the
+4-bit codes in bitsandbytes' loaded layout after its CPU repack (`loaded_4bit_codes`).
 """
 
 from __future__ import annotations
@@ -319,3 +320,28 @@ def preference_trainer(name: str) -> tuple[type, type]:
         except (ImportError, AttributeError):
             continue
     raise ImportError(f"TRL has no {trainer}: this ftlearn knows TRL 1.16's layout; see ftlearn/compat.py")
+
+
+# ---------------------------------------------------------------------------------------------
+# bitsandbytes 0.50's CPU repack of 4-bit weights (CPUs with AVX-512 BF16)
+# ---------------------------------------------------------------------------------------------
+
+
+def loaded_4bit_codes(param):
+    """A 4-bit weight's bytes in the layout bitsandbytes loaded them in, whatever it did since.
+
+    On a CPU with AVX-512 BF16, bitsandbytes 0.50 repacks a Linear4bit the first time it runs in
+    inference (eval mode, no gradients): codes reordered into an [out, in/2] matrix, the double
+    quantization undone (05_quantization, section 6). The codes are the same; this undoes the
+    reordering on a copy (bitsandbytes' own private inverse), so that comparing bytes before and
+    after training (06) compares codes, not layouts. Any other tensor comes back as it is.
+    """
+    import copy
+
+    state = getattr(param, "quant_state", None)
+    if not getattr(state, "packing_format_for_cpu", False):
+        return param.detach()
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    codes, _ = _convert_weight_packed_for_cpu_inverse(param.detach().clone(), copy.copy(state))
+    return codes

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ftlearn.compat import loaded_4bit_codes
 from ftlearn.estimator import OPTIMIZER_BYTES
 from ftlearn.quantization import model_bytes
 
@@ -254,7 +255,7 @@ def snapshot(model, keep: Callable[[torch.nn.Parameter], bool]) -> dict[str, tor
     `keep=lambda p: p.dtype == torch.uint8` picks bitsandbytes' packed 4-bit weights (two codes a
     byte); `lambda p: p.requires_grad` the parameters that train.
     """
-    return {n: p.detach().clone() for n, p in model.named_parameters() if keep(p)}
+    return {n: loaded_4bit_codes(p).clone() for n, p in model.named_parameters() if keep(p)}
 
 
 def changed(before: dict[str, torch.Tensor], model) -> tuple[int, int]:
@@ -268,7 +269,7 @@ def changed(before: dict[str, torch.Tensor], model) -> tuple[int, int]:
         )
     diff = 0
     for name, old in before.items():
-        new = now[name].detach()
+        new = loaded_4bit_codes(now[name])  # bitsandbytes may have repacked it for its CPU kernel
         if new.shape != old.shape:
             raise ValueError(f"{name} changed shape {tuple(old.shape)} -> {tuple(new.shape)}.")
         diff += int((new != old).sum())

@@ -435,3 +435,28 @@ def test_error_widget_draws_its_static_view_then_builds_controls(monkeypatch, ca
     # per tensor: one block, one scale, a larger error than blocks of 64
     assert q.format_error(w, "nf4", None).norm() > q.format_error(w, "nf4", 64).norm()
     plt.close("all")
+
+
+def test_changed_compares_codes_through_bitsandbytes_cpu_repack(llama_dir):
+    # CI's CPU has AVX-512 BF16: there bitsandbytes 0.50 repacks each Linear4bit at its first
+    # inference, and 06's byte comparison saw (32768, 1) -> (256, 128). This machine has no such
+    # CPU, so the repack is applied by hand, with the function bitsandbytes itself calls.
+    import copy
+
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from ftlearn import measure
+    from ftlearn.compat import loaded_4bit_codes
+
+    nf4 = _load(llama_dir[0], "nf4")
+    before = measure.snapshot(nf4, lambda p: p.dtype == torch.uint8)
+    weight = nf4.model.layers[0].self_attn.q_proj.weight
+    loaded = weight.detach().clone()
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, copy.copy(weight.quant_state))
+    assert weight.shape != loaded.shape and weight.quant_state.packing_format_for_cpu
+    assert torch.equal(loaded_4bit_codes(weight), loaded), "the inverse must give back the loaded bytes"
+    assert weight.quant_state.packing_format_for_cpu, "undoing the layout works on a copy"
+    assert measure.changed(before, nf4) == (0, sum(t.numel() for t in before.values()))
+    with torch.no_grad():
+        weight.data[0, 0] ^= 0x01  # one 4-bit code changes: counted through the repack
+    assert measure.changed(before, nf4)[0] == 1
