@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Tests run the embedded default, offline, on whatever machine: deterministic and quick; the
 # libraries' deprecations raise in notebook kernels too (ftlearn.compat.STRICT_WARNINGS).
-TEST_ENV := FTLEARN_PROFILE=tiny HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg FTLEARN_STRICT_WARNINGS=1
+TEST_ENV := FTLEARN_PROFILE=tiny FTLEARN_TRACKING=none HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg FTLEARN_STRICT_WARNINGS=1
 
 .PHONY: setup setup-offline wheelhouse course course-headless test test-latest test-unit test-notebooks notebooks lint lock build-tiny clean
 

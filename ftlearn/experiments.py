@@ -270,3 +270,29 @@ def seed_table(runs: dict[tuple[str, int], dict], references: list[str]):
             "optimizer_state_mib": seeds[0]["optimizer_state_mib"],
         }
     return pd.DataFrame.from_dict(rows, orient="index"), per_question
+
+
+def fine_tune(profile, run, tokenizer, rows: list[dict], seed: int = 0, learning_rate: float | None = None):
+    """One run of `ftlearn.plan`'s catalogue (`plan.run(profile, key)`) on `rows` for one epoch, recorded
+    in runs/results.jsonl (09).
+
+    LoRA or full fine-tuning as the run says, at the profile's rate for that method unless
+    `learning_rate` is given; the record holds its settings, data hash, versions and seed.
+    """
+    from ftlearn import tracking
+    from ftlearn.models import load
+    from ftlearn.paths import run_dir
+    from ftlearn.training import make_trainer
+
+    key = run.key
+    default = profile.lora_learning_rate if run.method == "lora" else profile.learning_rate
+    folder = run_dir(f"{key.split('/')[0]}/{run.name}-{seed}", fresh=True)
+    settings = run.settings(profile, str(folder), learning_rate=learning_rate or default, seed=seed, logging_steps=5, epochs=1.0)
+    peft = run.lora_config(profile) if run.method == "lora" else None
+    trainer = make_trainer(load(profile, run.model, method=run.method)[0], tokenizer, rows, settings, peft_config=peft)
+    trainer.train()
+    remove_trl_forward_patch(trainer.model)  # a copy of it must not run this model (07)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    name = f"{key.split('_')[0]} {run.name} seed {seed}" + (f" lr {learning_rate:g}" if learning_rate else "")
+    tracking.record(name, {"train loss": losses}, settings, rows, seed, profile.name)
+    return trainer.model

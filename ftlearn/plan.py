@@ -99,7 +99,7 @@ class Run:
 
 
 def catalogue(profile: Profile) -> dict[str, Run]:
-    """Every training run of notebooks 03, 04, 06, 07, 08 and 08b on `profile`, by key."""
+    """Every training run of notebooks 03, 04, 06, 07, 08, 08b and 09 on `profile`, by key."""
     p = profile
     r, a, targets = p.lora_r, p.lora_alpha, tuple(p.lora_targets)
     lora = dict(lora_r=r, lora_alpha=a, lora_targets=targets)
@@ -267,6 +267,16 @@ def catalogue(profile: Profile) -> dict[str, Run]:
         Run("08_preference_tuning/ORPO", "instruct", "full", **dpo, held=(sft, rm, sft), note="no reference"),
         Run("08b_rlhf_grpo/GRPO", "instruct", "full", 4 * s8["grpo_prompts"], s8["grpo_steps"], count=3,
             held=(sft, rm, sft), note=f"RLHF, hacked, RLVR: {s8['grpo_prompts']} prompts x 4 answers a step"),
+    ]
+    # 09_evaluation scores tiny-base and tiny-instruct (both in memory) beside a LoRA and a full
+    # fine-tune of the base on one budget (04's reference: 20 steps), LoRA over 3 seeds (the seed
+    # spread), and LoRA once more with test rows leaked into its training rows (contamination).
+    held09 = ("base:full", "instruct:full")
+    runs += [
+        Run("09_evaluation/lora", "base", "lora", b04, 20, count=3, held=held09, **lora, note="seeds 0-2"),
+        Run("09_evaluation/full", "base", "full", b04, 20, held=(*held09, "base:lora")),
+        Run("09_evaluation/leak", "base", "lora", b04, 20, held=(*held09, "base:lora", "base:full"), **lora,
+            note="the same budget, with test rows in its training rows"),
     ]
     # fmt: on
     return {run.key: run for run in runs}

@@ -147,8 +147,9 @@ def trainer_config(profile, config_class, output_dir: str, method: str = "full",
     """
     from ftlearn.compat import make_config
     from ftlearn.precision import policy
+    from ftlearn.tracking import report_to
 
-    values = dict(output_dir=output_dir, gradient_checkpointing=False, report_to="none",
+    values = dict(output_dir=output_dir, gradient_checkpointing=False, report_to=report_to(),
                   use_cpu=profile.device != "cuda", disable_tqdm=True, save_strategy="no",
                   **policy(profile, method).flags())  # fmt: skip
     return make_config(config_class, **(values | overrides))

@@ -88,7 +88,7 @@ def pretrain(model, tokenizer, blocks: Dataset, settings: PretrainSettings, call
         weight_decay=0.01,
         logging_steps=s.logging_steps,
         save_strategy="no",
-        report_to="none",
+        report_to="none",  # building the embedded models: never tracked
         seed=s.seed,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,

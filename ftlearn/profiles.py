@@ -403,6 +403,13 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "t4": (8, 7),
         "gpu-large": (12, 30),
     },
+    "09_evaluation": {
+        "tiny": (2.8, 1.9),  # 170 s alone, 1.9 GiB, 2026-12-02 at CI's speed (reference run 10.4 s)
+        "smol": (12, 5),  # estimate: 4 LoRA/full runs of 20 steps x 4, scoring 170 questions x 6 models
+        "smol-hub": (12, 4),
+        "t4": (6, 8),
+        "gpu-large": (8, 30),
+    },
 }
 
 

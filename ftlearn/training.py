@@ -10,6 +10,7 @@ from datasets import Dataset
 
 from ftlearn.compat import make_config, undo_trl_adapter_cast
 from ftlearn.precision import policy
+from ftlearn.tracking import report_to
 
 try:  # the live plot is a TrainerCallback; transformers is always there, IPython only in Jupyter
     from transformers import TrainerCallback
@@ -98,7 +99,7 @@ def sft_config(settings: SFTSettings):
         # completion only: this works with any chat template, marked-up for training or not.
         completion_only_loss=s.answer_only_loss,
         packing=False,
-        report_to="none",  # no tracker accounts needed
+        report_to=report_to(),  # "none" unless FTLEARN_TRACKING names a tracker (ftlearn.tracking)
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         **({"train_sampling_strategy": "group_by_length"} if s.group_by_length else {}),

@@ -13,6 +13,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "torch==$TORCH" >"$tmp/torch.txt"
 # --universal: one lock for Linux, macOS, Windows and Colab's Python (markers where they differ)
+# The current lock is the starting point: uv keeps its pins where requirements.txt still allows
+# them, so adding a package moves no other (FTLEARN_LOCK_UPGRADE=1 re-resolves everything).
+if [ -f requirements.lock ] && [ -z "${FTLEARN_LOCK_UPGRADE:-}" ]; then cp requirements.lock "$tmp/lock.txt"; fi
 "$UV" pip compile requirements.txt --universal --python-version 3.11 \
   --constraint "$tmp/torch.txt" --no-header --no-annotate --quiet -o "$tmp/lock.txt"
 {

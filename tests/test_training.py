@@ -171,3 +171,24 @@ def test_a_second_trainer_on_the_same_rows_reuses_trls_preparation(tmp_path):
     fresh = training.make_trainer(_tiny(tok), tok, rows, settings)
     assert fresh.train_dataset["input_ids"] == first.train_dataset["input_ids"]
     assert fresh.train_dataset["labels"] == first.train_dataset["labels"]
+
+
+def test_tracking_on_writes_tensorboard_scalars_that_read_back(tmp_path, monkeypatch):
+    # The one test with tracking on (the Makefile sets FTLEARN_TRACKING=none for the rest).
+    from transformers import AutoTokenizer
+
+    from ftlearn import tracking
+    from ftlearn.paths import MODELS_DIR
+    from ftlearn.world import load_split
+
+    monkeypatch.setenv(tracking.TRACKING_ENV, "tensorboard")
+    tok = AutoTokenizer.from_pretrained(MODELS_DIR / "tiny-base")
+    settings = SFTSettings(output_dir=str(tmp_path / "run"), max_steps=4, batch_size=8, logging_steps=1)
+    assert sft_config(settings).report_to == ["tensorboard"]
+    run = train_sft(_tiny(tok), tok, load_split("instructions_train")[:32], settings)
+    scalars = tracking.read_tensorboard(tmp_path)
+    logged = [h["loss"] for h in run["history"] if "loss" in h]
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(logged, rel=1e-5)
+    with pytest.raises(FileNotFoundError, match="FTLEARN_TRACKING=tensorboard"):
+        tracking.read_tensorboard(tmp_path / "nothing")
