@@ -10,8 +10,11 @@ memory with lm-eval's `HFLM` and returns the score and each question's result, b
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,8 +127,13 @@ def run(model, tokenizer, folder: str | Path, task: str, batch_size: int = 32) -
         logging.getLogger(noisy).setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device))
     manager = TaskManager(include_path=str(folder), include_defaults=False)  # only the course's tasks
-    out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=task == "atlas_chat",
-                                  log_samples=True, verbosity="ERROR")  # fmt: skip
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):  # lm-eval's progress bars: several per task, every time
+        out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=task == "atlas_chat",
+                                      log_samples=True, verbosity="ERROR")  # fmt: skip
+    rest = [line for line in captured.getvalue().replace("\r", "\n").splitlines() if line.strip() and "|" not in line]
+    if rest:  # anything but a progress bar is shown
+        print("\n".join(rest), file=sys.stderr)
     metric = "acc" if task == "atlas_choice" else "exact_match"
     (key,) = [k for k in out["results"][task] if k.startswith(metric + ",")]
     by_id = {}
