@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .paths import RUNS_DIR
+
 TRACKING_ENV = "FTLEARN_TRACKING"
 TRACKERS = {  # switch value -> (transformers' report_to name, the package it needs)
     "none": ("none", None),
@@ -27,7 +29,7 @@ TRACKERS = {  # switch value -> (transformers' report_to name, the package it ne
     "trackio": ("trackio", "trackio"),
 }
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "lm-eval")
-RESULTS = "runs/results.jsonl"
+RESULTS = RUNS_DIR / "results.jsonl"  # under the repository, wherever the kernel starts (nbval: notebooks/)
 
 
 def report_to(value: str | None = None) -> str:
@@ -95,6 +97,26 @@ def record(
     with path.open("a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
     return entry
+
+
+def record_hits(
+    notebook: str, hits: dict[str, Sequence[int]], rows: Sequence, profile: str, seed: int = 0, path: str | Path = RESULTS
+) -> list[dict]:
+    """Record per-question exact-match hits of several runs on the same `rows` (09 tests the claims from them)."""
+    out = []
+    for name, h in hits.items():
+        h = [int(x) for x in h]
+        if len(h) != len(rows):
+            raise ValueError(f"{notebook} {name}: {len(h)} hits for {len(rows)} questions; score every row once.")
+        metrics = {"exact match": sum(h) / len(h), "hits": h}
+        out.append(record(f"{notebook} {name}", metrics, {"notebook": notebook}, rows, seed, profile, path))
+    return out
+
+
+def latest(name: str, profile: str, runs: Sequence[dict] | None = None) -> dict | None:
+    """The newest recorded run called `name` on `profile` (None where there is none)."""
+    found = [r for r in (read() if runs is None else runs) if r["name"] == name and r["profile"] == profile]
+    return found[-1] if found else None
 
 
 def read(path: str | Path = RESULTS) -> list[dict]:
