@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # libraries' deprecations raise in notebook kernels too (ftlearn.compat.STRICT_WARNINGS).
 TEST_ENV := FTLEARN_PROFILE=tiny FTLEARN_TRACKING=none HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg FTLEARN_STRICT_WARNINGS=1
 
-.PHONY: setup setup-offline wheelhouse course course-headless test test-latest test-unit test-notebooks notebooks lint lock build-tiny clean
+.PHONY: setup setup-offline wheelhouse course course-headless test test-latest test-unit test-notebooks notebooks lint lock build-tiny clean deploy-extras
 
 setup:  ## create .venv and install requirements.lock's exact versions (idempotent)
 	bash scripts/setup.sh $(VENV)
@@ -60,3 +60,6 @@ build-tiny: setup  ## rebuild data/ (world, tokenizer, tiny models) from the see
 
 clean:
 	rm -rf runs build .pytest_cache
+
+deploy-extras: setup  ## optional, for 10_deployment: llama-cpp-python, built from source (a few minutes; needs a C++ compiler and cmake)
+	$(BIN)/pip install llama-cpp-python==0.3.36

@@ -13,6 +13,7 @@ tile sizes (`trl_chunk_sizes`), the undoing of TRL's bf16 cast of QLoRA adapters
 from __future__ import annotations
 
 import builtins
+import contextlib
 import difflib
 import inspect
 import os
@@ -345,3 +346,25 @@ def loaded_4bit_codes(param):
 
     codes, _ = _convert_weight_packed_for_cpu_inverse(param.detach().clone(), copy.copy(state))
     return codes
+
+
+@contextlib.contextmanager
+def quiet_gguf_loading():
+    """Hide transformers' "Converting and de-quantizing GGUF tensors" bar (10_deployment loads six files).
+
+    transformers 5 draws it with `tqdm.auto` and no switch (`disable_progress_bar()` does not reach
+    it; in a notebook it is a widget, so redirecting stderr does not either): its module's `tqdm`
+    is swapped for a disabled one while the block runs.
+    """
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar

@@ -276,7 +276,7 @@ def fine_tune(profile, run, tokenizer, rows: list[dict], seed: int = 0, learning
     """One run of `ftlearn.plan`'s catalogue (`plan.run(profile, key)`) on `rows` for one epoch, recorded
     in runs/results.jsonl (09).
 
-    LoRA or full fine-tuning as the run says, at the profile's rate for that method unless
+    LoRA, QLoRA (on the NF4 base) or full fine-tuning as the run says, at the profile's rate for that method unless
     `learning_rate` is given; the record holds its settings, data hash, versions and seed.
     """
     from ftlearn import tracking
@@ -285,11 +285,21 @@ def fine_tune(profile, run, tokenizer, rows: list[dict], seed: int = 0, learning
     from ftlearn.training import make_trainer
 
     key = run.key
-    default = profile.lora_learning_rate if run.method == "lora" else profile.learning_rate
+    adapter = run.method in ("lora", "qlora")
+    default = profile.lora_learning_rate if adapter else profile.learning_rate
     folder = run_dir(f"{key.split('/')[0]}/{run.name}-{seed}", fresh=True)
     settings = run.settings(profile, str(folder), learning_rate=learning_rate or default, seed=seed, logging_steps=5, epochs=1.0)
-    peft = run.lora_config(profile) if run.method == "lora" else None
-    trainer = make_trainer(load(profile, run.model, method=run.method)[0], tokenizer, rows, settings, peft_config=peft)
+    peft = run.lora_config(profile) if adapter else None
+    if run.method == "qlora":  # the NF4 base of 06, prepared as peft prepares it (norms in fp32, input grads on)
+        from peft import prepare_model_for_kbit_training
+
+        from ftlearn.quantization import bnb_config
+
+        model = load(profile, run.model, quantization=bnb_config("nf4"))[0]
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.gradient_checkpointing)
+    else:
+        model = load(profile, run.model, method=run.method)[0]
+    trainer = make_trainer(model, tokenizer, rows, settings, peft_config=peft)
     trainer.train()
     remove_trl_forward_patch(trainer.model)  # a copy of it must not run this model (07)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -99,7 +99,7 @@ class Run:
 
 
 def catalogue(profile: Profile) -> dict[str, Run]:
-    """Every training run of notebooks 03, 04, 06, 07, 08, 08b and 09 on `profile`, by key."""
+    """Every training run of notebooks 03, 04, 06, 07, 08, 08b, 09 and 10 on `profile`, by key."""
     p = profile
     r, a, targets = p.lora_r, p.lora_alpha, tuple(p.lora_targets)
     lora = dict(lora_r=r, lora_alpha=a, lora_targets=targets)
@@ -277,6 +277,13 @@ def catalogue(profile: Profile) -> dict[str, Run]:
         Run("09_evaluation/full", "base", "full", b04, 20, held=(*held09, "base:lora")),
         Run("09_evaluation/leak", "base", "lora", b04, 20, held=(*held09, "base:lora", "base:full"), **lora,
             note="the same budget, with test rows in its training rows"),
+    ]
+    # 10_deployment deploys a LoRA and a QLoRA fine-tune of the base on 04's reference budget
+    # (20 steps), the QLoRA adapter beside the 4-bit base it was trained on.
+    runs += [
+        Run("10_deployment/lora", "base", "lora", b04, 20, **lora, note="merged, saved, exported, served"),
+        Run("10_deployment/qlora", "base", "qlora", b04, 20, held=("base:lora",), **lora,
+            note="served three ways: on its 4-bit base, merged, merged and re-quantized"),
     ]
     # fmt: on
     return {run.key: run for run in runs}

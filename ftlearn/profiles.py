@@ -410,6 +410,13 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "t4": (6, 8),
         "gpu-large": (8, 30),
     },
+    "10_deployment": {
+        "tiny": (3.0, 1.6),  # 177 s alone, 1.5 GiB, 2026-12-02 at CI's speed (reference run 10.3 s)
+        "smol": (10, 5),  # estimate: 2 adapter runs of 20 steps, 6 GGUF files and an ONNX export of 135M
+        "smol-hub": (10, 4),
+        "t4": (5, 6),
+        "gpu-large": (6, 30),
+    },
 }
 
 
