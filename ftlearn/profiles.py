@@ -405,7 +405,7 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
     },
     "09_evaluation": {
         "tiny": (2.8, 1.9),  # 170 s alone, 1.9 GiB, 2026-12-02 at CI's speed (reference run 10.4 s)
-        "smol": (12, 5),  # estimate: 4 LoRA/full runs of 20 steps x 4, scoring 170 questions x 6 models
+        "smol": (30, 5),  # 923 s and 4.75 GiB to its 10th cell (training 605 s), 2026-12-02: ~30 min in all
         "smol-hub": (12, 4),
         "t4": (6, 8),
         "gpu-large": (8, 30),
