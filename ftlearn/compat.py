@@ -7,7 +7,9 @@ closest valid names), instead of silently ignoring them.
 Every other version workaround lives here too: the strict warning rules the tests and notebook
 kernels share (`STRICT_WARNINGS`), the checkpointing rename (`enable_checkpointing`), TRL's private
 tile sizes (`trl_chunk_sizes`), the undoing of TRL's bf16 cast of QLoRA adapters, and the
-4-bit codes in bitsandbytes' loaded layout after its CPU repack (`loaded_4bit_codes`).
+4-bit codes in bitsandbytes' loaded layout after its CPU repack (`loaded_4bit_codes`), and the
+switch that keeps that repack from happening (`keep_4bit_layout`), and the addresses of the
+CPU allocations torch.profiler saw, which only its private event tree has (`allocation_events`).
 """
 
 from __future__ import annotations
@@ -368,3 +370,45 @@ def quiet_gguf_loading():
     finally:
         if bar is not None:
             gguf_utils.tqdm = bar
+
+
+def keep_4bit_layout(model) -> int:
+    """Turn off bitsandbytes' CPU repack in every Linear4bit of `model`, undoing any already done.
+
+    On a CPU with AVX-512 BF16, bitsandbytes 0.50 repacks a Linear4bit at its first inference (eval
+    mode, no gradients) for a bf16 kernel, `gemv_4bit`. Answers then come from bf16 arithmetic on
+    such a CPU and from fp32 on any other (10_deployment's "as trained" logits moved by 0.5), and
+    the repacked layer has no autograd: training it afterwards drops the gradient through the base
+    (torch only warns). With the switch off every CPU runs the path training uses: dequantize, then
+    matmul in the compute dtype. `models.load` calls this; returns how many layers it set.
+    """
+    n = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+        n += 1
+    return n
+
+
+def allocation_events(prof) -> list[tuple[int, int, int]]:
+    """(time ns, address, bytes) of every tensor allocation (bytes > 0) and free a stopped profiler saw.
+
+    The addresses are only in torch's private event tree (`torch._C._profiler`), not in
+    `kineto_results.events()`; the tree nests allocations under the ops that made them.
+    """
+    from torch._C._profiler import _EventType
+
+    found, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            fields = event.extra_fields
+            found.append((event.start_time_ns, fields.ptr, fields.alloc_size))
+        stack.extend(event.children)
+    return found

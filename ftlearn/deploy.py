@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .compat import keep_4bit_layout
 from .evaluation import stop_ids
 
 NEEDED = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -41,8 +42,14 @@ def logit_gap(a, b, batch: dict) -> float:
 
 
 def merged(peft_model):
-    """peft's `merge_and_unload`: W + s·BA folded into each layer, the adapter modules gone."""
-    return peft_model.merge_and_unload()
+    """peft's `merge_and_unload`: W + s·BA folded into each layer, the adapter modules gone.
+
+    On a 4-bit model peft builds new Linear4bit layers (re-quantized): they get the same one
+    4-bit path on every CPU as `models.load` gives (`compat.keep_4bit_layout`).
+    """
+    model = peft_model.merge_and_unload()
+    keep_4bit_layout(model)
+    return model
 
 
 def load_adapter(model, folder: str | Path, name: str = "default"):

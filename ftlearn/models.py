@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftlearn import paths
+from ftlearn.compat import keep_4bit_layout
 from ftlearn.precision import policy
 from ftlearn.profiles import Profile
 
@@ -126,6 +127,8 @@ def load(
         raise
     if quantization is None:
         model = model.to(profile.device)
+    else:
+        keep_4bit_layout(model)  # one 4-bit path on every CPU (ftlearn.compat)
     tokenizer = AutoTokenizer.from_pretrained(name)
     if tokenizer.pad_token is None:  # batching needs a pad token; the end-of-text token serves
         tokenizer.pad_token = tokenizer.eos_token

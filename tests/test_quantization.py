@@ -460,3 +460,48 @@ def test_changed_compares_codes_through_bitsandbytes_cpu_repack(llama_dir):
     with torch.no_grad():
         weight.data[0, 0] ^= 0x01  # one 4-bit code changes: counted through the repack
     assert measure.changed(before, nf4)[0] == 1
+
+
+def test_keep_4bit_layout_undoes_and_prevents_bitsandbytes_cpu_repack(llama_dir):
+    # On a CPU with AVX-512 BF16 (CI's, and some sessions'), an inference pass repacks each
+    # Linear4bit for a bf16 kernel with no autograd; 10's "as trained" logits then came from bf16.
+    # The repack is applied by hand (any CPU), undone, and the switch is checked off everywhere.
+    import copy
+
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from ftlearn.compat import keep_4bit_layout
+
+    nf4 = _load(llama_dir[0], "nf4")
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        for module in nf4.modules():  # as loaded: the layout bitsandbytes stores
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        reference = nf4(input_ids=ids).logits
+    weight = nf4.model.layers[0].self_attn.q_proj.weight
+    loaded = weight.detach().clone()
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, copy.copy(weight.quant_state))
+    for module in nf4.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = True  # as on an AVX-512 BF16 CPU
+    n = keep_4bit_layout(nf4)
+    layers = [m for m in nf4.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert n == len(layers) > 0 and not any(m.support_avx512bf16_for_cpu for m in layers)
+    assert not getattr(weight.quant_state, "packing_format_for_cpu", False) and torch.equal(weight.detach(), loaded)
+    nf4.eval()
+    with torch.no_grad():
+        again = nf4(input_ids=ids).logits  # would repack here on such a CPU, were the switch on
+    assert not any(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False) for m in layers)
+    # The same codes; the repack rounded that layer's scales to bf16 and its inverse keeps them so
+    # (measured here: logits within ~1e-4): undoing it is a repair, not keeping it off is the fix.
+    assert (again - reference).abs().max() < 1e-2, "the undone layer must compute as loaded, to bf16 scales"
+
+
+def test_models_load_keeps_the_4bit_layout():
+    from ftlearn.models import load
+    from ftlearn.profiles import get
+
+    model, _ = load(get("tiny"), "base", quantization=q.bnb_config("nf4"))
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
