@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="a reduced build in seconds (for tests)")
     b.add_argument("--world-only", action="store_true", help="write the synthetic world, no models")
     b.add_argument("--hedging-only", action="store_true", help="rebuild tiny-hedging only (~3 min)")
+    b.add_argument("--reader-only", action="store_true", help="rebuild tiny-reader only (~25 min)")
     r = sub.add_parser("run-notebooks", help="execute the notebooks in order, without a browser")
     r.add_argument("--out", type=Path, default=paths.RUNS_DIR / "executed")
     r.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 01; solutions/ for the solutions only")
@@ -195,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             from ftlearn.tiny import build_hedging
 
             print(build_hedging(args.out))
+            return 0
+        if args.reader_only:
+            from ftlearn.tiny import build_reader
+
+            print(build_reader(args.out))
             return 0
         from ftlearn.tiny import build_tiny
 

@@ -73,7 +73,15 @@ def smollm2_dir(log=print) -> Path:
 
 
 def resolve(profile: Profile, which: str = "base") -> str:
-    """The path or hub id of a profile's `which` model: "base", "instruct" or "qlora"."""
+    """The path or hub id of a profile's `which` model: "base", "instruct", "qlora", or "reader" (11, embedded only)."""
+    if which == "reader":  # 11's RAFT model ships for the embedded default; other profiles train it (grounding)
+        if profile.source != "embedded":
+            raise ValueError(f"which='reader' ships for the embedded default only; on {profile.name}, "
+                             "grounding.train_reader trains it.")
+        path = paths.MODELS_DIR / "tiny-reader"
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(f"{path} is missing: git pull, or `ftlearn build-tiny --reader-only` (~25 min).")
+        return str(path)
     names = {
         "base": profile.base_model,
         "instruct": profile.instruct_model,

@@ -99,7 +99,7 @@ class Run:
 
 
 def catalogue(profile: Profile) -> dict[str, Run]:
-    """Every training run of notebooks 03, 04, 06, 07, 08, 08b, 09 and 10 on `profile`, by key."""
+    """Every training run of notebooks 03, 04, 06, 07, 08, 08b, 09, 10 and 11 on `profile`, by key."""
     p = profile
     r, a, targets = p.lora_r, p.lora_alpha, tuple(p.lora_targets)
     lora = dict(lora_r=r, lora_alpha=a, lora_targets=targets)
@@ -285,6 +285,20 @@ def catalogue(profile: Profile) -> dict[str, Run]:
         Run("10_deployment/qlora", "base", "qlora", b04, 20, held=("base:lora",), **lora,
             note="served three ways: on its 4-bit base, merged, merged and re-quantized"),
     ]
+    # 11_grounding_vs_finetuning: continued pre-training of the instruct model on the new towns'
+    # documents (blocks of 128), then SFT to restore the chat format; the instruct model and the
+    # reader stay in memory. The reader ships on the embedded default; elsewhere RAFT trains it.
+    held11 = ("instruct:full", "instruct:full")
+    b11 = 16 if p.source == "embedded" else p.batch_size
+    runs += [
+        Run("11_grounding_vs_finetuning/continued pre-training", "instruct", "full", b11, 40, seq_len=128, held=held11,
+            note="the 20 new towns' 240 documents + 300 general sentences, ~2.2 epochs"),
+        Run("11_grounding_vs_finetuning/SFT after", "instruct", "full", b11, 20, held=held11, note="03's training rows"),
+    ]
+    embedded = p.source == "embedded"  # tiny-reader ships: `ftlearn build-tiny --reader-only` trains it, not 11
+    runs.append(Run("11_grounding_vs_finetuning/RAFT", "instruct", "full", 32 if embedded else p.batch_size,
+                    1500 if embedded else p.max_steps if slow else 400, held=() if embedded else ("instruct:full",),
+                    note="ftlearn.tiny.reader_rows" + ("; the build's run (ftlearn.tiny.READER)" if embedded else "")))
     # fmt: on
     return {run.key: run for run in runs}
 

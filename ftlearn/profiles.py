@@ -417,6 +417,13 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "t4": (5, 6),
         "gpu-large": (6, 30),
     },
+    "11_grounding_vs_finetuning": {
+        "tiny": (1.5, 1.1),  # 56-76 s alone, 1.1 GiB, 2026-12-03 on this faster machine: ~1.5 min at CI's speed
+        "smol": (25, 5),  # estimate: RAFT of 400 steps is not run there yet (grounding.train_reader)
+        "smol-hub": (25, 4),
+        "t4": (8, 7),
+        "gpu-large": (10, 30),
+    },
 }
 
 

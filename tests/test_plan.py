@@ -10,7 +10,7 @@ from ftlearn import cli, plan, profiles
 from ftlearn.estimator import GiB
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-TRAINING_NOTEBOOKS = ("03_sft", "04_lora", "06_qlora", "07_peft_methods", "09_evaluation", "10_deployment")
+TRAINING_NOTEBOOKS = ("03_sft", "04_lora", "06_qlora", "07_peft_methods", "09_evaluation", "10_deployment", "11_grounding_vs_finetuning")
 
 
 @pytest.fixture(autouse=True)
