@@ -294,6 +294,10 @@ def catalogue(profile: Profile) -> dict[str, Run]:
         Run("11_grounding_vs_finetuning/continued pre-training", "instruct", "full", b11, 40, seq_len=128, held=held11,
             note="the 20 new towns' 240 documents + 300 general sentences, ~2.2 epochs"),
         Run("11_grounding_vs_finetuning/SFT after", "instruct", "full", b11, 20, held=held11, note="03's training rows"),
+        Run("11_grounding_vs_finetuning/continued pre-training, LoRA", "instruct", "lora", b11, 40, seq_len=128,
+            held=(*held11, "instruct:full"), **lora, note="the same, with LoRA"),
+        Run("11_grounding_vs_finetuning/SFT after, LoRA", "instruct", "lora", b11, 20, held=(*held11, "instruct:full"),
+            **lora, note="the same adapter, on 03's training rows"),
     ]
     embedded = p.source == "embedded"  # tiny-reader ships: `ftlearn build-tiny --reader-only` trains it, not 11
     runs.append(Run("11_grounding_vs_finetuning/RAFT", "instruct", "full", 32 if embedded else p.batch_size,

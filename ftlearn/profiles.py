@@ -418,7 +418,7 @@ NOTEBOOK_COSTS: dict[str, dict[str, tuple[float, float]]] = {
         "gpu-large": (6, 30),
     },
     "11_grounding_vs_finetuning": {
-        "tiny": (1.5, 1.1),  # 56-76 s alone, 1.1 GiB, 2026-12-03 on this faster machine: ~1.5 min at CI's speed
+        "tiny": (2.8, 1.2),  # 113 s alone, 1.2 GiB, 2026-12-03 (LoRA runs added): ~2.8 min at CI's speed (x1.5)
         "smol": (25, 5),  # estimate: RAFT of 400 steps is not run there yet (grounding.train_reader)
         "smol-hub": (25, 4),
         "t4": (8, 7),
